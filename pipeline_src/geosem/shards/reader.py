@@ -1,0 +1,127 @@
+"""Read a shard set: the index for planning, a torch Dataset for training.
+
+Each process (the main one and every DataLoader worker) opens its own HDF5 handles lazily; handles
+are never shared across a fork, which HDF5 does not allow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import Dataset
+
+from geosem.shards.manifest import Manifest, read_manifest
+
+
+class ShardSet:
+    """A shard set on disk: its manifest, its index, and random access to one sample's arrays."""
+
+    def __init__(self, shard_dir: Path) -> None:
+        self.root = Path(shard_dir)
+        self.manifest: Manifest = read_manifest(self.root)
+        self.index: pd.DataFrame = pq.read_table(self.root / self.manifest.index_file).to_pandas()
+        self._row_of = {sample_id: i for i, sample_id in enumerate(self.index["id"])}
+        self._handles: dict[str, h5py.File] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def _handle(self, part: str) -> h5py.File:
+        if self._pid != os.getpid():  # forked into a worker: drop the parent's handles
+            self._handles = {}
+            self._pid = os.getpid()
+        handle = self._handles.get(part)
+        if handle is None:
+            path = self.root / part
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"shard part {path} listed in {self.root / 'index.parquet'} is missing"
+                )
+            handle = h5py.File(path, "r")
+            self._handles[part] = handle
+        return handle
+
+    def ids(self, split: str | None = None) -> list[str]:
+        frame = self.index if split is None else self.index[self.index["split"] == split]
+        return frame["id"].tolist()
+
+    def row(self, sample_id: str) -> pd.Series:
+        try:
+            return self.index.iloc[self._row_of[sample_id]]
+        except KeyError:
+            raise KeyError(f"sample {sample_id!r} is not in shard set {self.root}") from None
+
+    def read(self, sample_id: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        """Arrays of one sample; a field the sample lacks raises KeyError naming sample and field."""
+        row = self.row(sample_id)
+        handle = self._handle(row["part"])
+        arrays = {}
+        for name in fields:
+            if name not in handle or not row.get(f"has_{name}", False):
+                raise KeyError(f"sample {sample_id!r} in {self.root} has no field {name!r}")
+            arrays[name] = handle[name][int(row["row"])]
+        return arrays
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+
+Transform = Callable[[dict[str, torch.Tensor], np.random.Generator], dict[str, torch.Tensor]]
+
+
+class ShardDataset(Dataset):
+    """A torch Dataset over some samples of a shard set, returning CHW float images and HW targets.
+
+    ``image`` becomes float32 in [0, 1] CHW, ``depth`` float32 HW, ``label`` int64 HW. A key is an index
+    or ``(index, draw)``; the transform gets a generator seeded from (seed, draw), so augmentation is
+    reproducible whatever the worker count or resume point (the loop numbers every sample draw).
+    """
+
+    def __init__(
+        self,
+        shards: ShardSet | Path,
+        ids: Sequence[str],
+        fields: Sequence[str] = ("image", "label"),
+        transform: Transform | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+        self.ids = list(ids)
+        self.fields = tuple(fields)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, draw = key if isinstance(key, tuple) else (key, key)
+        arrays = self.shards.read(self.ids[index], self.fields)
+        sample: dict[str, torch.Tensor] = {}
+        for name, value in arrays.items():
+            if name in ("image", "right"):
+                sample[name] = torch.from_numpy(value).permute(2, 0, 1).float().div_(255.0)
+            elif name == "label":
+                sample[name] = torch.from_numpy(value.astype(np.int64))
+            else:
+                sample[name] = torch.from_numpy(np.asarray(value, dtype=np.float32))
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, draw])
+            sample = self.transform(sample, rng)
+        return sample

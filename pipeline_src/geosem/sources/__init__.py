@@ -1,0 +1,46 @@
+"""Dataset sources: one module per dataset (download spec and converter) plus the synthetic world.
+
+Converters register themselves by dataset name, like timm's model registry, so the command line and the
+workflow reach every dataset the same way: ``geosem convert --dataset NAME``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Converter = Callable[..., Path]
+_CONVERTERS: dict[str, Converter] = {}
+
+
+def register_converter(name: str) -> Callable[[Converter], Converter]:
+    def decorator(function: Converter) -> Converter:
+        if name in _CONVERTERS:
+            raise ValueError(f"converter {name!r} registered twice")
+        _CONVERTERS[name] = function
+        return function
+
+    return decorator
+
+
+def get_converter(name: str) -> Converter:
+    _load_builtin()
+    try:
+        return _CONVERTERS[name]
+    except KeyError:
+        raise KeyError(f"no converter for dataset {name!r}; known: {sorted(_CONVERTERS)}") from None
+
+
+def list_converters() -> list[str]:
+    _load_builtin()
+    return sorted(_CONVERTERS)
+
+
+def _load_builtin() -> None:
+    # Importing the modules runs their @register_converter decorators.
+    from geosem.sources import synth_driving  # noqa: F401
+
+
+def convert(name: str, raw_dir: Path, out_dir: Path, **parameters: Any) -> Path:
+    return get_converter(name)(Path(raw_dir), Path(out_dir), **parameters)

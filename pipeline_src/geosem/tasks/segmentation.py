@@ -1,0 +1,82 @@
+"""Semantic segmentation fine-tuning from a pre-trained (or random) dense model.
+
+Initialisation (paper A, Fig. 1b): the pre-trained encoder and decoder are kept and the depth head, the
+network's last layer, is replaced by a classifier over the label space. Defaults follow the paper, not
+the seed code (protocols.md 1.7): ``zero_grad`` every step (the loop), horizontal flips, labels stored
+with NEAREST resizing (the converters), a seeded few-shot subset and a test split independent of N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geosem.labelspaces import IGNORE_INDEX
+from geosem.metrics.segmentation import ConfusionMatrix
+from geosem.models import build_dense_model
+from geosem.shards.reader import ShardSet
+from geosem.tasks import get_task, register_task
+from geosem.tasks.base import Task, horizontal_flip, iterate_batches
+
+
+@register_task("segmentation")
+class Segmentation(Task):
+    fields = ("image", "label")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.run["task"]
+
+    def build_model(self) -> nn.Module:
+        init = self.run["init"]
+        num_classes = self.run["data"]["num_classes"]
+        if init["name"] == "random":
+            model_cfg = self.run["model"]
+            return build_dense_model(
+                model_cfg["encoder"],
+                num_classes,
+                decoder_channels=tuple(model_cfg["decoder_channels"]),
+                head_scales=(0,),
+                head_kernel=self.params["classifier_kernel"],
+            )
+        # A pre-trained init: rebuild the pre-training architecture, load its weights exactly, then swap
+        # the head. strict loading: a checkpoint that does not match the architecture is an error.
+        checkpoint = Path(init["checkpoint"])
+        if not checkpoint.is_file():
+            raise FileNotFoundError(
+                f"pre-trained model {checkpoint} of run {init['run_id']!r} is missing: "
+                "run its pretrain job first"
+            )
+        pretrain_task = get_task(init["task"])(init["run"])
+        model = pretrain_task.build_model()
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+        model.load_state_dict(state, strict=True)
+        model.replace_heads(num_classes, (0,), self.params["classifier_kernel"])
+        return model
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(batch["image"])[0]
+        return F.cross_entropy(logits, batch["label"], ignore_index=IGNORE_INDEX), {}
+
+    def transform(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return horizontal_flip(sample, rng) if self.params["hflip"] else sample
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, shards: ShardSet, ids: Sequence[str]) -> dict[str, Any]:
+        model.eval()
+        matrix = ConfusionMatrix(self.run["data"]["num_classes"])
+        for batch in iterate_batches(shards, ids, self.fields, self.run["evaluation"]["batch_size"]):
+            matrix.update(model(batch["image"])[0].argmax(dim=1), batch["label"])
+        scores = matrix.scores()
+        return {
+            "test_miou": scores["miou"],
+            "test_pixel_accuracy": scores["pixel_accuracy"],
+            "test_per_class_iou": scores["per_class_iou"],
+            "test_scored_classes": scores["scored_classes"],
+        }

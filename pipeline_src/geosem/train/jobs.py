@@ -1,0 +1,93 @@
+"""Entry points of the training jobs: read a run snapshot, build data, model and task, run the loop."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geosem.shards.reader import ShardDataset, ShardSet
+from geosem.studies.plan import read_run_snapshot, run_digest
+from geosem.tasks import get_task
+from geosem.train.loop import LoopSpec, train
+from geosem.train.seeding import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def few_shot_subset(pool: list[str], size: int, seed: int) -> list[str]:
+    """A seeded subset of the training pool; ``size`` 0 or >= the pool means the whole pool.
+
+    The subset depends only on (pool, size, seed), and the test split never enters the pool, so the
+    test set stays fixed whatever N is (the seed code tested on "the 200 images minus the first N").
+    """
+    if size <= 0 or size >= len(pool):
+        return list(pool)
+    chosen = np.random.default_rng([seed, size]).choice(len(pool), size=size, replace=False)
+    return [pool[i] for i in sorted(chosen)]
+
+
+def test_ids(shards: ShardSet, run: dict[str, Any]) -> list[str]:
+    ids = shards.ids(run["data"]["test_split"])
+    if not ids:
+        raise ValueError(f"{shards.root}: split {run['data']['test_split']!r} is empty")
+    return ids[:: run["data"]["test_stride"]]
+
+
+def _configure_threads(threads: int) -> None:
+    torch.set_num_threads(max(1, threads))
+
+
+def run_job(
+    run_path: Path, threads: int = 1, max_steps_this_call: int | None = None
+) -> dict[str, Any] | None:
+    """Run the pre-training or fine-tuning described by ``run_path`` (a run.yaml) in its directory."""
+    run_path = Path(run_path)
+    run = read_run_snapshot(run_path)
+    run_dir = run_path.parent
+    _configure_threads(threads)
+    seed_everything(run["seed"])
+    task = get_task(run["task"]["name"])(run)
+    shards = ShardSet(Path(run["data"]["shards"]))
+    evaluation_ids = test_ids(shards, run)
+    if run["kind"] == "pretrain":
+        train_ids = shards.ids(run["data"]["train_split"])
+    elif run["kind"] == "finetune":
+        train_ids = few_shot_subset(
+            shards.ids(run["data"]["train_split"]), run["data"]["train_size"], run["seed"]
+        )
+    else:
+        raise ValueError(f"{run_path}: unknown run kind {run['kind']!r}")
+    overlap = set(train_ids) & set(evaluation_ids)
+    if overlap:
+        raise ValueError(f"{run_path}: {len(overlap)} samples are in both the training and the test split")
+    log.info("%s: %d training samples, %d test samples", run["run_id"], len(train_ids), len(evaluation_ids))
+
+    model = task.build_model()
+    dataset = ShardDataset(shards, train_ids, task.fields, transform=task.transform, seed=run["seed"])
+    spec = LoopSpec.from_dict({**run["loop"], "num_workers": run["compute"]["num_workers"]}, seed=run["seed"])
+
+    def describe(metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "run_id": run["run_id"],
+            "kind": run["kind"],
+            "seed": run["seed"],
+            "train_samples": len(train_ids),
+            "test_samples": len(evaluation_ids),
+            **metrics,
+        }
+
+    return train(
+        run_dir=run_dir,
+        run_digest=run_digest(run),
+        model=model,
+        dataset=dataset,
+        loss_fn=task.loss,
+        evaluate_fn=lambda m: task.evaluate(m, shards, evaluation_ids),
+        spec=spec,
+        final_metrics=describe,
+        max_steps_this_call=max_steps_this_call,
+    )

@@ -1,0 +1,248 @@
+"""The training loop shared by pre-training and fine-tuning.
+
+One loop, many tasks: a task supplies the loss of a batch and an evaluation; the loop owns optimiser,
+schedule, step-indexed data order, periodic evaluation (the curves), checkpoints and exact resume.
+
+Exact resume: the data order is a pure function of (seed, step) (``StepBatchSampler``), augmentation
+draws are seeded per sample draw, and the checkpoint holds model, optimiser, scheduler, RNG states, step
+and the curve rows so far. A resumed run therefore continues the very sequence of updates an uninterrupted
+run makes. A checkpoint written for a different run snapshot is refused, never silently resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from geosem.atomic import atomic_write_json, atomic_write_text
+from geosem.train.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from geosem.train.seeding import capture_rng_state, restore_rng_state
+
+log = logging.getLogger(__name__)
+
+# Exit status of a job that stopped on a signal after saving its checkpoint (EX_TEMPFAIL): the scheduler
+# or Snakemake's retry reruns it and it resumes.
+EXIT_RESUMABLE = 75
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lr_schedule: str  # "cosine" or "constant"
+    eval_every: int
+    checkpoint_every: int
+    seed: int
+    num_workers: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], seed: int) -> LoopSpec:
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "seed"}
+        return cls(seed=seed, **fields)
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields the batches of steps ``start..steps-1``; batch ``s`` depends only on (seed, s).
+
+    Each element is ``(sample_index, draw)`` where ``draw`` numbers the sample draw over the run, so the
+    dataset can seed its augmentation per draw. Epochs are reshuffled with ``default_rng([seed, epoch])``.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, steps: int) -> None:
+        if num_samples == 0:
+            raise ValueError("cannot train on an empty dataset")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.start = start
+        self.steps = steps
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+    def batch(self, step: int) -> list[tuple[int, int]]:
+        first = step * self.batch_size
+        items = []
+        for draw in range(first, first + self.batch_size):
+            epoch, position = divmod(draw, self.num_samples)
+            items.append((int(self._order(epoch)[position]), draw))
+        return items
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.steps):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+
+class StopRequested:
+    """Turns SIGTERM / SIGUSR1 (SLURM's time-limit warning, preemption) into a checkpoint-and-exit."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, spec: LoopSpec) -> torch.optim.lr_scheduler.LambdaLR:
+    if spec.lr_schedule == "cosine":
+
+        def factor(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, spec.steps) / spec.steps))
+    elif spec.lr_schedule == "constant":
+
+        def factor(step: int) -> float:
+            return 1.0
+    else:
+        raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}; expected 'cosine' or 'constant'")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _curves_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def train(
+    *,
+    run_dir: Path,
+    run_digest: str,
+    model: nn.Module,
+    dataset: Dataset,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
+    evaluate_fn: Callable[[nn.Module], dict[str, Any]],
+    spec: LoopSpec,
+    final_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    max_steps_this_call: int | None = None,
+) -> dict[str, Any] | None:
+    """Train to ``spec.steps``, resuming from ``run_dir/checkpoint.pt`` when one exists.
+
+    Writes ``model.pt``, ``metrics.json`` and ``curves.csv`` into ``run_dir`` at the end and removes the
+    checkpoint. Returns the final metrics, or None when a stop signal (or ``max_steps_this_call``, used by
+    tests to interrupt a run cleanly) ended this call early after saving a checkpoint.
+    """
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = _make_scheduler(optimizer, spec)
+    curves: list[dict[str, Any]] = []
+    start = 0
+
+    state = load_checkpoint(checkpoint_path)
+    if state is not None:
+        if state.get("run_digest") != run_digest:
+            log.warning("ignoring %s: it was written for another run configuration", checkpoint_path)
+        else:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rng_state(state["rng"])
+            curves = state["curves"]
+            start = state["step"]
+            print(f"resuming {run_dir} from step {start}", file=sys.stderr)
+
+    def save(step: int) -> None:
+        atomic_torch_save(
+            {
+                "run_digest": run_digest,
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": capture_rng_state(),
+                "curves": curves,
+            },
+            checkpoint_path,
+        )
+
+    sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, start, spec.steps)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate)
+    stop_after = spec.steps if max_steps_this_call is None else min(spec.steps, start + max_steps_this_call)
+    started = time.perf_counter()
+    step = start
+    last_eval: dict[str, Any] | None = None
+    with (
+        StopRequested() as stop,
+        tqdm(
+            total=spec.steps, initial=start, desc=run_dir.name, file=sys.stderr, mininterval=2.0
+        ) as progress,
+    ):
+        for batch in loader:
+            model.train()
+            optimizer.zero_grad(set_to_none=True)
+            loss, logs = loss_fn(model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{run_dir}: loss is {loss.item()} at step {step}")
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if step % spec.eval_every == 0 or step == spec.steps:
+                row = {"step": step, "train_loss": float(loss.item()), "lr": scheduler.get_last_lr()[0]}
+                row.update({k: v for k, v in logs.items()})
+                last_eval = evaluate_fn(model)
+                row.update({k: v for k, v in last_eval.items() if isinstance(v, int | float)})
+                curves.append(row)
+                log.info("step %d: %s", step, row)
+            if step < spec.steps and (
+                step % spec.checkpoint_every == 0 or stop.signal is not None or step >= stop_after
+            ):
+                save(step)
+            if step < spec.steps and (stop.signal is not None or step >= stop_after):
+                reason = f"signal {stop.signal}" if stop.signal is not None else "step limit of this call"
+                print(f"{run_dir}: stopped at step {step} ({reason}); checkpoint saved", file=sys.stderr)
+                return None
+
+    # The last step is always evaluated for the curves; reuse it unless the run resumed at its very end.
+    metrics = dict(last_eval) if last_eval is not None else evaluate_fn(model)
+    metrics["steps"] = spec.steps
+    log.info("%s: %d steps in %.1f s this call", run_dir, step - start, time.perf_counter() - started)
+    if final_metrics is not None:
+        metrics = final_metrics(metrics)
+    atomic_torch_save({"model": model.state_dict(), "run_digest": run_digest}, run_dir / "model.pt")
+    atomic_write_text(run_dir / "curves.csv", _curves_csv(curves))
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    checkpoint_path.unlink(missing_ok=True)
+    return metrics

@@ -1,0 +1,78 @@
+"""Segmentation and depth metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from geosem.metrics import ConfusionMatrix, depth_metrics, segmentation_scores
+
+
+def test_confusion_matrix_ignores_255_and_skips_classes_absent_everywhere() -> None:
+    # 4 classes. GT and prediction over 8 pixels; two pixels are ignore (255) and must not count.
+    gt = np.array([0, 0, 1, 1, 1, 255, 255, 3])
+    pred = np.array([0, 1, 1, 1, 0, 2, 3, 3])
+    matrix = ConfusionMatrix(4)
+    matrix.update(pred, gt)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    for g, p in [(0, 0), (0, 1), (1, 1), (1, 1), (1, 0), (3, 3)]:
+        expected[g, p] += 1
+    np.testing.assert_array_equal(matrix.matrix, expected)
+    scores = matrix.scores()
+    # class 0: TP 1, FP 1 (pixel 4), FN 1 (pixel 1) -> 1/3; class 1: TP 2, FP 1, FN 1 -> 2/4;
+    # class 2: absent from GT and (after ignoring 255) from prediction -> undefined, not scored;
+    # class 3: TP 1 -> 1.
+    iou = scores["per_class_iou"]
+    assert iou[2] is None
+    assert [iou[0], iou[1], iou[3]] == pytest.approx([1 / 3, 0.5, 1.0])
+    assert scores["scored_classes"] == 3
+    assert scores["miou"] == pytest.approx((1 / 3 + 0.5 + 1.0) / 3)
+    assert scores["pixel_accuracy"] == pytest.approx(4 / 6)
+
+
+def test_class_predicted_but_absent_from_ground_truth_scores_zero() -> None:
+    matrix = np.array([[3, 1], [0, 0]])  # class 1 never in GT, predicted once
+    scores = segmentation_scores(matrix)
+    assert scores["per_class_iou"] == [0.75, 0.0]
+    assert scores["miou"] == pytest.approx(0.375)
+
+
+def test_dataset_level_not_per_image_average() -> None:
+    # Image A: 1 pixel of class 0, right. Image B: 99 pixels class 0, all predicted 1, plus 1 of class 1.
+    matrix = ConfusionMatrix(2)
+    matrix.update(np.array([0]), np.array([0]))
+    matrix.update(np.array([1] * 100), np.array([0] * 99 + [1]))
+    scores = matrix.scores()
+    assert scores["per_class_iou"] == pytest.approx([1 / 100, 1 / 100])
+    assert scores["miou"] == pytest.approx(0.01)
+
+
+def test_out_of_range_labels_are_rejected() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        ConfusionMatrix(3).update(np.array([0]), np.array([7]))
+
+
+def test_depth_metrics_hand_computed() -> None:
+    gt = np.array([[[2.0, 4.0], [0.0, 100.0]]])  # 0 invalid, 100 beyond the 80 m cap
+    pred = np.array([[[1.0, 4.5], [3.0, 3.0]]])
+    m = depth_metrics(gt, pred, max_depth=80.0)
+    g, p = np.array([2.0, 4.0]), np.array([1.0, 4.5])
+    assert m["abs_rel"] == pytest.approx(np.mean(np.abs(g - p) / g))
+    assert m["sq_rel"] == pytest.approx(np.mean((g - p) ** 2 / g))
+    assert m["rmse"] == pytest.approx(math.sqrt((1.0 + 0.25) / 2))
+    assert m["rmse_log"] == pytest.approx(math.sqrt((math.log(2) ** 2 + math.log(4.5 / 4) ** 2) / 2))
+    assert m["log10"] == pytest.approx((math.log10(2) + math.log10(4.5 / 4)) / 2)
+    assert m["delta1"] == pytest.approx(0.5)  # ratio 2 fails, ratio 1.125 passes
+    assert m["delta2"] == pytest.approx(0.5)  # 2 > 1.5625
+    assert m["delta3"] == pytest.approx(0.5)  # 2 > 1.953 still
+    assert m["images_scored"] == 1
+
+
+def test_depth_median_scaling_removes_a_global_scale() -> None:
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(2, 60, (3, 5, 7))
+    m = depth_metrics(gt, gt * 0.1, median_scaling=True)
+    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-12)
+    assert m["delta1"] == 1.0
+    assert depth_metrics(gt, gt * 0.1)["delta1"] == 0.0

@@ -1,0 +1,36 @@
+"""Model output shapes and head replacement."""
+
+from __future__ import annotations
+
+import torch
+from geosem.models import build_dense_model
+
+
+def test_depth_model_predicts_four_scales() -> None:
+    model = build_dense_model("resnet18", 1, head_scales=(0, 1, 2, 3))
+    out = model(torch.rand(2, 3, 64, 96))
+    assert {scale: tuple(t.shape) for scale, t in out.items()} == {
+        0: (2, 1, 64, 96),
+        1: (2, 1, 32, 48),
+        2: (2, 1, 16, 24),
+        3: (2, 1, 8, 12),
+    }
+
+
+def test_replacing_the_head_keeps_encoder_and_decoder_weights() -> None:
+    torch.manual_seed(0)
+    model = build_dense_model("resnet18", 1)
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("heads.")}
+    model.replace_heads(19, (0,), head_kernel=3)
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    logits = model(torch.rand(1, 3, 64, 64))
+    assert list(logits) == [0] and logits[0].shape == (1, 19, 64, 64)
+    assert model.heads["0"].kernel_size == (3, 3)
+
+
+def test_input_normalisation_is_inside_the_model() -> None:
+    model = build_dense_model("resnet18", 1).eval()
+    assert torch.allclose(model.encoder.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert "encoder.mean" not in model.state_dict()  # not persisted: a constant, not a weight

@@ -1,0 +1,142 @@
+"""The training loop on real shards: losses fall, runs repeat, and a stopped run resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from geosem.studies.plan import write_run_snapshot
+from geosem.train.jobs import few_shot_subset, run_job
+from geosem.train.loop import StepBatchSampler
+
+
+def _snapshot(shards: Path, kind: str, run_id: str, steps: int, **extra: Any) -> dict[str, Any]:
+    data = {
+        "dataset": "synth_driving",
+        "variant": shards.name,
+        "shards": str(shards),
+        "label_space": "cityscapes19",
+        "num_classes": 19,
+        "train_split": "train",
+        "test_split": "test",
+        "test_stride": 1,
+        "train_size": 4,
+    }
+    loop = {
+        "steps": steps,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "lr_schedule": "cosine",
+        "eval_every": 2,
+        "checkpoint_every": 2,
+    }
+    model = {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]}
+    snapshot = {
+        "run_id": run_id,
+        "kind": kind,
+        "seed": 1,
+        "model": model,
+        "data": data,
+        "loop": loop,
+        "evaluation": {"batch_size": 4, "max_depth": 80.0},
+        "compute": {"num_workers": 0},
+    }
+    snapshot.update(extra)
+    return snapshot
+
+
+DEPTH_TASK = {"name": "depth_supervised", "min_depth": 0.1, "max_depth": 100.0, "hflip": True}
+SEG_TASK = {"name": "segmentation", "mode": "all", "hflip": True, "classifier_kernel": 3}
+
+
+def _write(root: Path, snapshot: dict[str, Any]) -> Path:
+    path = root / snapshot["kind"] / snapshot["run_id"] / "run.yaml"
+    write_run_snapshot(snapshot, path)
+    return path
+
+
+def test_batch_order_depends_only_on_seed_and_step() -> None:
+    full = list(StepBatchSampler(5, 3, seed=4, start=0, steps=6))
+    resumed = list(StepBatchSampler(5, 3, seed=4, start=3, steps=6))
+    assert full[3:] == resumed
+    draws = [draw for batch in full for _, draw in batch]
+    assert draws == list(range(18))
+    # Every epoch of 5 draws visits each sample once.
+    assert sorted(index for batch in full for index, _ in batch[:0]) == []
+    first_epoch = [index for batch in full for index, _ in batch][:5]
+    assert sorted(first_epoch) == [0, 1, 2, 3, 4]
+
+
+def test_few_shot_subset_is_seeded_and_independent_of_the_test_split() -> None:
+    pool = [f"x{i}" for i in range(50)]
+    assert few_shot_subset(pool, 16, 0) == few_shot_subset(pool, 16, 0)
+    assert few_shot_subset(pool, 16, 0) != few_shot_subset(pool, 16, 1)
+    assert len(set(few_shot_subset(pool, 16, 3))) == 16
+    assert few_shot_subset(pool, 0, 3) == pool
+
+
+def test_depth_pretraining_loss_falls(tiny_shards: Path, tmp_path: Path) -> None:
+    run = _write(tmp_path, _snapshot(tiny_shards, "pretrain", "depth", 12, task=DEPTH_TASK))
+    run_job(run, threads=2)
+    curves = pd.read_csv(run.parent / "curves.csv")
+    assert curves["train_loss"].iloc[-3:].mean() < curves["train_loss"].iloc[:2].mean()
+    metrics = json.loads((run.parent / "metrics.json").read_text())
+    assert metrics["depth_images_scored"] == 4 and metrics["depth_abs_rel"] > 0
+    assert not (run.parent / "checkpoint.pt").exists()
+
+
+def test_finetune_from_depth_and_resume_matches_uninterrupted(tiny_shards: Path, tmp_path: Path) -> None:
+    pre = _write(tmp_path, _snapshot(tiny_shards, "pretrain", "depth", 4, task=DEPTH_TASK))
+    run_job(pre, threads=2)
+    init = {
+        "name": "depth_supervised",
+        "task": "depth_supervised",
+        "run_id": "depth",
+        "checkpoint": str(pre.parent / "model.pt"),
+        "run": {"model": _snapshot(tiny_shards, "x", "x", 1)["model"], "task": DEPTH_TASK},
+    }
+    snap = _snapshot(tiny_shards, "finetune", "seg", 6, task=SEG_TASK, init=init)
+    whole = _write(tmp_path / "whole", snap)
+    first = run_job(whole, threads=2)
+    assert first is not None
+
+    split = _write(tmp_path / "split", snap)
+    assert run_job(split, threads=2, max_steps_this_call=3) is None  # stops resumably after step 3
+    state = torch.load(split.parent / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 3 and not (split.parent / "metrics.json").exists()
+    second = run_job(split, threads=2)
+    assert second == first
+    assert (split.parent / "curves.csv").read_text() == (whole.parent / "curves.csv").read_text()
+    a = torch.load(whole.parent / "model.pt", weights_only=True)["model"]
+    b = torch.load(split.parent / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert 0.0 <= first["test_miou"] <= 1.0 and first["train_samples"] == 4
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tiny_shards: Path, tmp_path: Path) -> None:
+    snap = _snapshot(tiny_shards, "finetune", "seg", 4, task=SEG_TASK, init={"name": "random"})
+    path = _write(tmp_path, snap)
+    assert run_job(path, threads=2, max_steps_this_call=2) is None
+    snap["loop"]["lr"] = 5e-4
+    write_run_snapshot(snap, path)
+    run_job(path, threads=2)
+    curves = pd.read_csv(path.parent / "curves.csv")
+    assert curves["step"].tolist() == [2, 4]  # started from step 0, not from the stale checkpoint
+
+
+def test_missing_pretrained_checkpoint_is_named(tiny_shards: Path, tmp_path: Path) -> None:
+    init = {
+        "name": "depth_supervised",
+        "task": "depth_supervised",
+        "run_id": "gone",
+        "checkpoint": str(tmp_path / "gone" / "model.pt"),
+        "run": {"model": _snapshot(tiny_shards, "x", "x", 1)["model"], "task": DEPTH_TASK},
+    }
+    path = _write(tmp_path, _snapshot(tiny_shards, "finetune", "seg", 2, task=SEG_TASK, init=init))
+    with pytest.raises(FileNotFoundError, match="gone"):
+        run_job(path, threads=1)
