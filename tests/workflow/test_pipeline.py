@@ -1,0 +1,189 @@
+"""Real Snakemake runs of the whole pipeline on a tiny synthetic world.
+
+One session-scoped run (about a minute on 2 cores) serves several tests: the outputs, the DVC metrics,
+the empty second dry run, and the rerun of exactly what a config edit touches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.workflow
+
+TIMEOUT = 900
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Rules call the `geosem` console script of the interpreter running the tests.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/tiny.yaml", *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    if check and result.returncode != 0:
+        logs = "\n".join(
+            f"--- {p}\n{p.read_text()[-2000:]}" for p in sorted((workdir / "logs").rglob("*.log"))
+        )
+        raise AssertionError(
+            f"snakemake {args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n{logs}"
+        )
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Parse the 'Job stats' table of a (dry) run."""
+    counts: dict[str, int] = {}
+    match = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal", output, re.S)
+    if match is None:
+        return counts
+    for line in match.group(1).splitlines():
+        name, count = line.split()
+        counts[name] = int(count)
+    return counts
+
+
+def make_workdir(root: Path) -> Path:
+    workdir = root / "geosem"
+    workdir.mkdir()
+    for name in ("Snakefile", "workflow", "config", "dvc.yaml"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, workdir / name)
+        else:
+            shutil.copy2(source, workdir / name)
+    shutil.copy2(REPO / "tests" / "config" / "tiny.yaml", workdir / "config" / "tiny.yaml")
+    shutil.copy2(
+        REPO / "tests" / "config" / "studies" / "tiny.yaml", workdir / "config" / "studies" / "tiny.yaml"
+    )
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    workdir = make_workdir(tmp_path_factory.mktemp("workflow"))
+    plan = snakemake(workdir, "-n")
+    run = snakemake(workdir)
+    return workdir, plan.stdout + plan.stderr + "\n" + run.stderr
+
+
+def test_dry_run_prints_the_plan(finished_run: tuple[Path, str]) -> None:
+    _, output = finished_run
+    counts = job_counts(output)
+    assert counts["world"] == 1 and counts["shards"] == 1
+    assert counts["pretrain"] == 1  # one depth pre-training shared by both depth-init seeds
+    assert counts["finetune"] == 4 and counts["run_snapshot"] == 5 and counts["aggregate"] == 1
+
+
+def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None:
+    workdir, _ = finished_run
+    table = pd.read_csv(workdir / "results" / "tables" / "tiny.csv")
+    assert sorted(table["init"]) == ["depth_supervised", "random"]
+    assert (table["n_seeds"] == 2).all() and (table["seeds"] == "0 1").all()
+    assert table["miou_mean"].between(0, 1).all() and table["miou_se"].notna().all()
+    markdown = (workdir / "results" / "tables" / "tiny.md").read_text()
+    for init in ("random", "depth_supervised"):
+        assert re.search(rf"\| {init} \| \d+\.\d ± \d+\.\d", markdown), markdown
+    metrics = json.loads((workdir / "results" / "metrics" / "tiny.json").read_text())
+    assert set(metrics["tiny"]) == {"random", "depth_supervised"}
+    assert (workdir / "results" / "plots" / "tiny_curves.png").stat().st_size > 1000
+    snapshot = yaml.safe_load(
+        (
+            workdir / "runs/finetune/seg-depth_supervised-all-resnet18-synth_driving-64x96-n4-s1/run.yaml"
+        ).read_text()
+    )
+    assert snapshot["init"]["run_id"] == "depth_supervised-resnet18-synth_driving-64x96-s0"
+    # A finished run keeps no checkpoint, and training logs carry a progress bar.
+    assert not list((workdir / "runs").rglob("checkpoint.pt"))
+    pretrain_log = (
+        workdir / "logs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-s0.log"
+    ).read_text()
+    assert "3/3 [" in pretrain_log
+
+
+def test_verify_passes_on_the_pipeline_shards(finished_run: tuple[Path, str]) -> None:
+    workdir, _ = finished_run
+    result = subprocess.run(
+        [Path(sys.executable).parent / "geosem", "verify", "shards/synth_driving/64x96"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "12 samples match" in result.stdout
+
+
+def test_dvc_metrics_show_lists_the_study_metrics(finished_run: tuple[Path, str]) -> None:
+    workdir, _ = finished_run
+    env = _env()
+    dvc = [sys.executable, "-m", "dvc"]
+    if not (workdir / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+        subprocess.run([*dvc, "init", "-q"], cwd=workdir, check=True, env=env)
+    result = subprocess.run(
+        [*dvc, "metrics", "show", "--json"], cwd=workdir, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    (workspace,) = shown.values()  # one revision: the workspace
+    data = workspace["data"]
+    (metrics_file,) = [path for path in data if path.endswith("tiny.json")]
+    expected = json.loads((workdir / "results" / "metrics" / "tiny.json").read_text())
+    assert data[metrics_file]["data"] == expected
+
+
+def test_second_dry_run_has_nothing_to_do(finished_run: tuple[Path, str]) -> None:
+    workdir, _ = finished_run
+    result = snakemake(workdir, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_a_finetune_edit_reruns_exactly_the_finetunes_and_aggregation(finished_run: tuple[Path, str]) -> None:
+    workdir, _ = finished_run
+    untouched = [
+        workdir / "raw" / "synth_driving" / "world.json",
+        workdir / "shards" / "synth_driving" / "64x96" / "manifest.json",
+        workdir / "runs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-s0" / "model.pt",
+    ]
+    before = {path: path.stat().st_mtime_ns for path in untouched}
+    config_path = workdir / "config" / "tiny.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["finetune"]["lr"] = 0.00031
+    config_path.write_text(yaml.safe_dump(config))
+
+    plan = snakemake(workdir, "-n")
+    counts = job_counts(plan.stdout + plan.stderr)
+    assert counts == {"run_snapshot": 4, "finetune": 4, "aggregate": 1, "all": 1}, plan.stdout
+    snakemake(workdir)
+    assert {path: path.stat().st_mtime_ns for path in untouched} == before
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(workdir, "-n"))
+
+
+def test_a_bad_config_stops_before_any_job_and_names_the_key(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    (workdir / "config" / "bad.yaml").write_text("finetune:\n  steps: many\n")
+    result = snakemake(workdir, "-n", "--configfile", "config/tiny.yaml", "config/bad.yaml", check=False)
+    assert result.returncode != 0
+    assert "steps" in result.stderr and "many" in result.stderr, result.stderr
+    assert not (workdir / "raw").exists()
