@@ -66,7 +66,7 @@ def job_counts(output: str) -> dict[str, int]:
 def make_workdir(root: Path) -> Path:
     workdir = root / "geosem"
     workdir.mkdir()
-    for name in ("Snakefile", "workflow", "config", "dvc.yaml"):
+    for name in ("Snakefile", "workflow", "config", "envs", "dvc.yaml"):
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, workdir / name)
@@ -185,5 +185,8 @@ def test_a_bad_config_stops_before_any_job_and_names_the_key(tmp_path: Path) -> 
     (workdir / "config" / "bad.yaml").write_text("finetune:\n  steps: many\n")
     result = snakemake(workdir, "-n", "--configfile", "config/tiny.yaml", "config/bad.yaml", check=False)
     assert result.returncode != 0
-    assert "steps" in result.stderr and "many" in result.stderr, result.stderr
+    output = result.stdout + result.stderr
+    assert "On instance['finetune']['steps']" in output and "'many' is not of type 'integer'" in output, (
+        output
+    )
     assert not (workdir / "raw").exists()

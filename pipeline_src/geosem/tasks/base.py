@@ -19,8 +19,9 @@ class Task(ABC):
     name: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, run: dict[str, Any]) -> None:
+    def __init__(self, run: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.run = run
+        self.device = torch.device(device)
 
     @abstractmethod
     def build_model(self) -> nn.Module: ...
@@ -46,10 +47,14 @@ def horizontal_flip(sample: dict[str, torch.Tensor], rng: np.random.Generator) -
 
 
 def iterate_batches(
-    shards: ShardSet, ids: Sequence[str], fields: Sequence[str], batch_size: int
+    shards: ShardSet,
+    ids: Sequence[str],
+    fields: Sequence[str],
+    batch_size: int,
+    device: torch.device | str = "cpu",
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Evaluation batches in a fixed order, without augmentation."""
+    """Evaluation batches in a fixed order, without augmentation, on ``device``."""
     dataset = ShardDataset(shards, ids, fields)
     for first in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-        yield {key: torch.stack([item[key] for item in items]) for key in items[0]}
+        yield {key: torch.stack([item[key] for item in items]).to(device) for key in items[0]}

@@ -75,9 +75,10 @@ class DepthSupervised(Task):
     def evaluate(self, model: nn.Module, shards: ShardSet, ids: Sequence[str]) -> dict[str, Any]:
         model.eval()
         gts, preds = [], []
-        for batch in iterate_batches(shards, ids, self.fields, self.run["evaluation"]["batch_size"]):
-            preds.append(self.predict_depth(model, batch["image"])[0].numpy())
-            gts.append(batch["depth"].numpy())
+        batches = iterate_batches(shards, ids, self.fields, self.run["evaluation"]["batch_size"], self.device)
+        for batch in batches:
+            preds.append(self.predict_depth(model, batch["image"])[0].cpu().numpy())
+            gts.append(batch["depth"].cpu().numpy())
         cap = self.run["evaluation"]["max_depth"]
         metrics = depth_metrics(
             np.concatenate(gts), np.concatenate(preds), min_depth=1e-3, max_depth=cap, median_scaling=False

@@ -71,8 +71,9 @@ class Segmentation(Task):
     def evaluate(self, model: nn.Module, shards: ShardSet, ids: Sequence[str]) -> dict[str, Any]:
         model.eval()
         matrix = ConfusionMatrix(self.run["data"]["num_classes"])
-        for batch in iterate_batches(shards, ids, self.fields, self.run["evaluation"]["batch_size"]):
-            matrix.update(model(batch["image"])[0].argmax(dim=1), batch["label"])
+        batches = iterate_batches(shards, ids, self.fields, self.run["evaluation"]["batch_size"], self.device)
+        for batch in batches:
+            matrix.update(model(batch["image"])[0].argmax(dim=1).cpu(), batch["label"].cpu())
         scores = matrix.scores()
         return {
             "test_miou": scores["miou"],

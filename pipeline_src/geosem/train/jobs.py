@@ -50,7 +50,9 @@ def run_job(
     run_dir = run_path.parent
     _configure_threads(threads)
     seed_everything(run["seed"])
-    task = get_task(run["task"]["name"])(run)
+    # Train on the GPU when the job sees one (SLURM sets CUDA_VISIBLE_DEVICES), else on the CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    task = get_task(run["task"]["name"])(run, device)
     shards = ShardSet(Path(run["data"]["shards"]))
     evaluation_ids = test_ids(shards, run)
     if run["kind"] == "pretrain":
@@ -66,7 +68,7 @@ def run_job(
         raise ValueError(f"{run_path}: {len(overlap)} samples are in both the training and the test split")
     log.info("%s: %d training samples, %d test samples", run["run_id"], len(train_ids), len(evaluation_ids))
 
-    model = task.build_model()
+    model = task.build_model().to(device)
     dataset = ShardDataset(shards, train_ids, task.fields, transform=task.transform, seed=run["seed"])
     spec = LoopSpec.from_dict({**run["loop"], "num_workers": run["compute"]["num_workers"]}, seed=run["seed"])
 
@@ -88,6 +90,7 @@ def run_job(
         loss_fn=task.loss,
         evaluate_fn=lambda m: task.evaluate(m, shards, evaluation_ids),
         spec=spec,
+        device=device,
         final_metrics=describe,
         max_steps_this_call=max_steps_this_call,
     )

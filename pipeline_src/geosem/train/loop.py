@@ -151,6 +151,7 @@ def train(
     loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
     evaluate_fn: Callable[[nn.Module], dict[str, Any]],
     spec: LoopSpec,
+    device: torch.device | str = "cpu",
     final_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     max_steps_this_call: int | None = None,
 ) -> dict[str, Any] | None:
@@ -208,6 +209,7 @@ def train(
         ) as progress,
     ):
         for batch in loader:
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             model.train()
             optimizer.zero_grad(set_to_none=True)
             loss, logs = loss_fn(model, batch)
