@@ -23,7 +23,8 @@ def _dvc(args: Sequence[str], cwd: Path) -> str:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         raise VersioningError(
-            f"`dvc {' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n{result.stdout}{result.stderr}"
+            f"`dvc {' '.join(args)}` failed in {cwd} (exit {result.returncode}):\n"
+            f"{result.stdout}{result.stderr}"
         )
     return result.stdout
 

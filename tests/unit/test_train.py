@@ -140,3 +140,46 @@ def test_missing_pretrained_checkpoint_is_named(tiny_shards: Path, tmp_path: Pat
     path = _write(tmp_path, _snapshot(tiny_shards, "finetune", "seg", 2, task=SEG_TASK, init=init))
     with pytest.raises(FileNotFoundError, match="gone"):
         run_job(path, threads=1)
+
+
+def _pretrained_init(tiny_shards: Path, tmp_path: Path) -> dict[str, Any]:
+    pre = _write(tmp_path / "pre", _snapshot(tiny_shards, "pretrain", "depth", 2, task=DEPTH_TASK))
+    run_job(pre, threads=2)
+    return {
+        "name": "depth_supervised",
+        "task": "depth_supervised",
+        "run_id": "depth",
+        "checkpoint": str(pre.parent / "model.pt"),
+        "run": {"model": _snapshot(tiny_shards, "x", "x", 1)["model"], "task": DEPTH_TASK},
+    }
+
+
+def test_frozen_mode_trains_the_decoder_and_leaves_the_encoder_untouched(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    init = _pretrained_init(tiny_shards, tmp_path)
+    start = torch.load(init["checkpoint"], weights_only=True)["model"]
+    snap = _snapshot(tiny_shards, "finetune", "frozen", 3, task={**SEG_TASK, "mode": "frozen"}, init=init)
+    path = _write(tmp_path, snap)
+    run_job(path, threads=2)
+    end = torch.load(path.parent / "model.pt", weights_only=True)["model"]
+    encoder_keys = [k for k in start if k.startswith("encoder.")]
+    assert any("running_mean" in k for k in encoder_keys)
+    for key in encoder_keys:  # weights and BatchNorm statistics alike
+        assert torch.equal(start[key], end[key]), key
+    decoder_keys = [k for k in start if k.startswith("decoder.")]
+    assert any(not torch.equal(start[k], end[k]) for k in decoder_keys)
+
+
+def test_encoder_only_mode_starts_from_a_fresh_decoder(tiny_shards: Path, tmp_path: Path) -> None:
+    from geosem.tasks import get_task
+
+    init = _pretrained_init(tiny_shards, tmp_path)
+    start = torch.load(init["checkpoint"], weights_only=True)["model"]
+    for mode, decoder_is_pretrained in (("all", True), ("encoder_only", False)):
+        snap = _snapshot(tiny_shards, "finetune", mode, 1, task={**SEG_TASK, "mode": mode}, init=init)
+        model = get_task("segmentation")(snap).build_model()
+        state = model.state_dict()
+        assert all(torch.equal(state[k], start[k]) for k in start if k.startswith("encoder."))
+        same_decoder = all(torch.equal(state[k], start[k]) for k in start if k.startswith("decoder."))
+        assert same_decoder == decoder_is_pretrained, mode

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from geosem.shards import verify_shards
 from geosem.versioning import VersioningError, pull, push, track
+
 from tests.conftest import REPO
 
 
@@ -75,12 +75,19 @@ def test_metrics_and_plots_diff_between_two_commits(tmp_path: Path) -> None:
         _run(["git", "add", "-A"], repo)
         _run(["git", "commit", "-qm", f"results {revision}"], repo)
 
-    diff = json.loads(_run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo))
+    diff = json.loads(
+        _run([sys.executable, "-m", "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json"], repo)
+    )
     change = diff["results/metrics/s.json"]["s.random.resnet18-all-n16.miou_mean"]
     assert (change["old"], change["new"]) == (0.30, 0.42)
 
-    plots_out = json.loads(_run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD~1", "HEAD", "--json"], repo))
+    plots_out = json.loads(
+        _run([sys.executable, "-m", "dvc", "plots", "diff", "HEAD~1", "HEAD", "--json"], repo)
+    )
     assert not plots_out.get("errors"), plots_out.get("errors")
     (curve,) = plots_out["data"]["results/curves/s.csv"]
     values = curve["content"]["data"]["values"]
-    assert {(v["rev"], v["test_miou"]) for v in values if v["step"] == "20"} == {("HEAD~1", "0.3"), ("HEAD", "0.42")}
+    assert {(v["rev"], v["test_miou"]) for v in values if v["step"] == "20"} == {
+        ("HEAD~1", "0.3"),
+        ("HEAD", "0.42"),
+    }

@@ -44,6 +44,29 @@ class DenseModel(nn.Module):
             }
         )
 
+    frozen_encoder: bool = False
+
+    def freeze_encoder(self) -> None:
+        """Freeze the encoder for real: no gradients, and BatchNorm statistics fixed (eval mode).
+
+        The seed code of study A only called ``encoder.eval()``, so its "frozen" encoder kept training
+        (protocols.md 1.6); here the encoder's parameters leave the optimiser altogether.
+        """
+        self.frozen_encoder = True
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> DenseModel:
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()  # model.train() must not wake the frozen BatchNorm layers
+        return self
+
+    def reset_decoder(self) -> None:
+        """Fresh random decoder weights (the "encoder only" transfer of paper A, Table 3)."""
+        self.decoder = MultiScaleDecoder(self.encoder.channels, self.decoder.channels)
+
     def replace_heads(self, out_channels: int, head_scales: tuple[int, ...], head_kernel: int) -> None:
         """Swap the last layer(s) for fresh ones, keeping encoder and decoder weights."""
         fresh = DenseModel(self.encoder, self.decoder, out_channels, head_scales, head_kernel)

@@ -24,6 +24,11 @@ from geosem.shards.reader import ShardSet
 from geosem.tasks import get_task, register_task
 from geosem.tasks.base import Task, horizontal_flip, iterate_batches
 
+# all: encoder and decoder from the init, new classifier, everything trained (paper A, Fig. 1b).
+# frozen: as all, but the encoder gets no gradient and keeps its BatchNorm statistics (Fig. 4).
+# encoder_only: encoder from the init, a fresh decoder and classifier (Table 3).
+FINETUNE_MODES = ("all", "frozen", "encoder_only")
+
 
 @register_task("segmentation")
 class Segmentation(Task):
@@ -34,6 +39,15 @@ class Segmentation(Task):
         return self.run["task"]
 
     def build_model(self) -> nn.Module:
+        mode = self.params["mode"]
+        if mode not in FINETUNE_MODES:
+            raise ValueError(f"unknown fine-tuning mode {mode!r}; known: {FINETUNE_MODES}")
+        model = self._initialised_model()
+        if mode == "frozen":
+            model.freeze_encoder()
+        return model
+
+    def _initialised_model(self) -> nn.Module:
         init = self.run["init"]
         num_classes = self.run["data"]["num_classes"]
         if init["name"] == "random":
@@ -57,6 +71,8 @@ class Segmentation(Task):
         model = pretrain_task.build_model()
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
         model.load_state_dict(state, strict=True)
+        if self.params["mode"] == "encoder_only":
+            model.reset_decoder()
         model.replace_heads(num_classes, (0,), self.params["classifier_kernel"])
         return model
 
