@@ -76,3 +76,26 @@ def test_depth_median_scaling_removes_a_global_scale() -> None:
     assert m["abs_rel"] == pytest.approx(0.0, abs=1e-12)
     assert m["delta1"] == 1.0
     assert depth_metrics(gt, gt * 0.1)["delta1"] == 0.0
+
+
+def test_legacy_metrics_follow_the_seed_code_on_a_hand_checked_example() -> None:
+    from geosem.metrics.legacy import legacy_scores
+
+    # Image 1 (2x3): road 0, sidewalk 1, pole 5 (not scored), one ignore pixel.
+    gt1 = np.array([[0, 0, 1], [5, 255, 1]])
+    pred1 = np.array([[0, 1, 1], [0, 0, 1]])
+    # road: TP 1, #pred 3 (includes the pole and the ignore pixel), #gt 2 -> 1 / 4
+    # sidewalk: TP 2, #pred 3, #gt 2 -> 2 / 3; the other 6 scored classes are absent: NaN
+    # image mIoU = (0.25 + 2 / 3) / 2; pixel accuracy = 3 correct of 5 labelled pixels
+    # Image 2: only a car pixel, predicted as car, and a sky pixel predicted as car.
+    gt2 = np.array([[13, 10, 255], [255, 255, 255]])
+    pred2 = np.array([[13, 13, 0], [0, 0, 0]])
+    # car: TP 1, #pred 2, #gt 1 -> 0.5; sky: TP 0, #gt 1 -> 0; road: #pred 4, #gt 0 -> 0
+    # image mIoU = (0.5 + 0 + 0) / 3; pixel accuracy = 1 of 2
+    scores = legacy_scores(np.stack([pred1, pred2]), np.stack([gt1, gt2]))
+    assert scores["miou"] == pytest.approx(((0.25 + 2 / 3) / 2 + 0.5 / 3) / 2)
+    assert scores["pixel_accuracy"] == pytest.approx((3 / 5 + 1 / 2) / 2)
+    # The dataset-level default differs on the same predictions.
+    matrix = ConfusionMatrix(19)
+    matrix.update(np.stack([pred1, pred2]), np.stack([gt1, gt2]))
+    assert matrix.scores()["miou"] != pytest.approx(scores["miou"])
