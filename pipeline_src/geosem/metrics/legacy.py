@@ -24,7 +24,7 @@ LEGACY_SCORED_TRAIN_IDS = (0, 1, 2, 8, 9, 10, 13, 18)
 
 
 def legacy_scores(predictions: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Per-image-averaged mIoU over the 8 legacy classes and per-image pixel accuracy, ``(N, H, W)`` inputs."""
+    """Per-image mIoU over the 8 legacy classes and per-image pixel accuracy of ``(N, H, W)`` arrays."""
     predictions = np.asarray(predictions)
     targets = np.asarray(targets)
     if predictions.shape != targets.shape:
