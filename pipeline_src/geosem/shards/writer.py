@@ -1,4 +1,21 @@
-"""Write a shard set atomically: parts, index and manifest appear together or not at all."""
+"""Write a shard set atomically: parts, index and manifest appear together or not at all.
+
+Array fields of a sample (``ARRAY_FIELDS``; absent ones are omitted, never faked):
+
+* ``image``, ``right``: uint8 HxWx3 RGB of the (left) camera and of its rectified stereo partner.
+* ``depth``: float32 HxW z-depth in metres of the left camera, 0 = invalid (dense or semi-dense GT).
+* ``depth_lidar``: float32 HxW, the sparse lidar scan projected into the left camera (metres, nearest
+  return per pixel), 0 = no return.
+* ``label``: uint8 HxW train ids of the dataset's label space, 255 = ignore.
+* ``flow``: float32 HxWx2 forward optical flow (u, v) in pixels from this frame to the next (``next_id``),
+  NaN where it does not exist.
+* ``dynamic``: uint8 HxW, 1 on pixels of independently moving objects.
+
+Index columns (``INDEX_COLUMNS``, one row per sample): id, split, sequence, frame, sequence neighbours
+``prev_id``/``next_id`` (ids, not copies), intrinsics ``fx fy cx cy`` at the stored resolution,
+``baseline`` (m) of the stereo pair; plus ``pose`` (camera-to-world, 16 floats), ``has_<field>`` flags,
+the part file and row, and per-class pixel counts.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +38,10 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
     "image": np.dtype(np.uint8),
     "right": np.dtype(np.uint8),
     "depth": np.dtype(np.float32),
+    "depth_lidar": np.dtype(np.float32),
     "label": np.dtype(np.uint8),
     "flow": np.dtype(np.float32),
+    "dynamic": np.dtype(np.uint8),
 }
 
 # Per-sample scalar metadata kept in the index rather than in HDF5, so that planning never opens a part.

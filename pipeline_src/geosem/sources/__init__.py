@@ -39,7 +39,7 @@ def list_converters() -> list[str]:
 
 def _load_builtin() -> None:
     # Importing the modules runs their @register_converter decorators.
-    from geosem.sources import synth_driving  # noqa: F401
+    from geosem.sources import ade20k, kitti, nyuv2, sunrgbd  # noqa: F401
 
 
 def convert(name: str, raw_dir: Path, out_dir: Path, **parameters: Any) -> Path:

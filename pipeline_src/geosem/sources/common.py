@@ -1,0 +1,81 @@
+"""Helpers every converter shares: strict image reading, resizing by field kind, provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+WORLD_MARKER = "geosem_world.json"
+
+
+def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    """Read an image with OpenCV; a missing or unreadable file is an error that names it."""
+    array = cv2.imread(str(path), flags)
+    if array is None:
+        raise FileNotFoundError(f"cannot read image {path} (missing or not an image)")
+    return array
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(read_image(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[:2] == (height, width):
+        return image
+    shrink = width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Categorical and sparse fields: NEAREST only (labels must not invent ids; invalid depth must stay 0
+    instead of being blended into its neighbours)."""
+    if array.shape[:2] == (height, width):
+        return array
+    return cv2.resize(array, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Flow (H,W,2) in pixels: sampled NEAREST (no averaging across motion boundaries), vectors scaled."""
+    if flow.shape[:2] == (height, width):
+        return flow
+    sy, sx = height / flow.shape[0], width / flow.shape[1]
+    out = cv2.resize(flow, (width, height), interpolation=cv2.INTER_NEAREST)
+    return out * np.array([sx, sy], dtype=np.float32)
+
+
+def source_version(raw_dir: Path, fallback: str) -> str:
+    """``generator:version+digest`` of a GeoSem synthetic world (from its marker file), else ``fallback``
+    (a real download)."""
+    marker = Path(raw_dir) / WORLD_MARKER
+    if not marker.is_file():
+        return fallback
+    info = json.loads(marker.read_text())
+    return f"{info['generator']}:{info['version']}+{info['digest']}"
+
+
+def check_label_values(label: np.ndarray, limit: int, path: Path, allowed: tuple[int, ...] = ()) -> None:
+    """Raise naming ``path`` when ``label`` holds values above ``limit`` (other than ``allowed``)."""
+    bad = (label > limit) & ~np.isin(label, allowed)
+    if bad.any():
+        raise ValueError(f"{path} holds label values {np.unique(label[bad]).tolist()[:10]} above {limit}")
+
+
+def swap_in(staging: Path, final: Path) -> None:
+    """Move a finished staging folder onto ``final``; an old ``final`` is renamed away first and removed
+    only after the new one is in place, so a reader never finds the folder missing or half written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        retired = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if retired.exists():
+            shutil.rmtree(retired)
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, final)
