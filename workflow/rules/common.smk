@@ -1,9 +1,11 @@
 # Validation, the run plan and the input functions every stage uses. Logic beyond lookups lives in
 # geosem.studies (grid expansion, run ids, snapshots), which never imports snakemake.
 import json
+import os
 
 from snakemake.utils import validate
 
+from geosem.sources.catalog import CALIB_FILES, NYU_FILES, driving_drives, indoor_batches, raw_files
 from geosem.studies import load_study, plan_runs
 
 
@@ -51,6 +53,39 @@ def get_shard_spec(wildcards):
     return PLAN.shards[key]
 
 
+def parent_of(path, levels=1):
+    """The folder ``levels`` up from an output path: a world's root from one of its outputs."""
+    for _ in range(levels):
+        path = os.path.dirname(path)
+    return path
+
+
+def get_world_json(kind):
+    """One world's config (seed included) as canonical JSON: a params value, so an edit of that world
+    reruns its jobs and nothing else."""
+    world = {"seed": config["world"]["seed"], **config["world"][kind]}
+    return json.dumps(world, sort_keys=True)
+
+
+def get_raw_files(wildcards):
+    """What the conversion of a dataset reads: the files its world jobs write (or a real raw folder)."""
+    return raw_files(wildcards.dataset, config["world"], RAW)
+
+
+def get_heldout_drives(wildcards):
+    return [
+        f"{RAW}/synth_driving/raw_data/{date}/{name}"
+        for date, name, heldout in driving_drives(config["world"])
+        if heldout
+    ]
+
+
+def get_indoor_batches(wildcards):
+    return [
+        f"{RAW}/synth_indoor_batches/batch_{k}.h5" for k in range(indoor_batches(config["world"]))
+    ]
+
+
 def get_pretrain_shards(wildcards):
     return PLAN.pretrain[wildcards.run_id]["data"]["shards"]
 
@@ -77,8 +112,24 @@ def get_study_run_files(wildcards):
     ]
 
 
+def get_study_pretrain_runs(wildcards):
+    """The pre-training run directories a study's fine-tunes start from (each once, in plan order)."""
+    run_ids = [PLAN.finetune[run_id]["init"].get("run_id") for run_id in PLAN.studies[wildcards.study]]
+    return [f"{RUNS}/pretrain/{run_id}" for run_id in dict.fromkeys(r for r in run_ids if r)]
+
+
+def get_study_pretrain_files(wildcards):
+    return [
+        f"{run_dir}/{name}"
+        for run_dir in get_study_pretrain_runs(wildcards)
+        for name in ("run.yaml", "metrics.json")
+    ]
+
+
 def get_final_outputs():
-    outputs = []
+    # Every planned shard set, also those no study reads yet (study B's data), so the default run
+    # builds and verifies them.
+    outputs = [f"{SHARDS}/{key}" for key in PLAN.shards]
     for study in PLAN.studies:
         outputs += [
             f"{RESULTS}/tables/{study}.csv",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -87,7 +89,8 @@ def build_dense_model(
     head_scales: tuple[int, ...] = SCALES,
     head_kernel: int = 3,
     pretrained_encoder: bool = False,
+    weights_file: Path | str | None = None,
 ) -> DenseModel:
-    enc = create_encoder(encoder, pretrained=pretrained_encoder)
+    enc = create_encoder(encoder, pretrained=pretrained_encoder, weights_file=weights_file)
     dec = MultiScaleDecoder(enc.channels, tuple(decoder_channels))
     return DenseModel(enc, dec, out_channels, head_scales, head_kernel)

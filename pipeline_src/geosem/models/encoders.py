@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from torch import nn
@@ -15,10 +17,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Encoder(nn.Module):
     """A timm feature pyramid with the input normalisation folded in; returns features fine to coarse."""
 
-    def __init__(self, name: str, pretrained: bool = False) -> None:
+    def __init__(self, name: str, pretrained: bool = False, weights_file: Path | None = None) -> None:
         super().__init__()
         self.name = name
-        self.body = timm.create_model(name, features_only=True, pretrained=pretrained)
+        if pretrained and weights_file is None:
+            weights_file = resolve_imagenet_weights(name)
+        overlay = {"file": str(weights_file)} if pretrained else None
+        self.body = timm.create_model(
+            name, features_only=True, pretrained=pretrained, pretrained_cfg_overlay=overlay
+        )
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -28,8 +35,38 @@ class Encoder(nn.Module):
         return self.body((image - self.mean) / self.std)
 
 
-def create_encoder(name: str, pretrained: bool = False) -> Encoder:
-    """Build an encoder by timm name; ``pretrained=True`` needs the weights in the local timm/HF cache."""
+def resolve_imagenet_weights(name: str, configured: dict[str, str] | None = None) -> Path:
+    """The local file holding timm's ImageNet weights of encoder ``name``, never a download.
+
+    Looked up first in ``configured`` (``pretrain.imagenet_weights``: encoder name -> file), then in the
+    local Hugging Face cache under timm's default hub id for ``name``. The planner calls this, so a
+    missing file stops the plan with what to fetch instead of failing a job hours into a run.
+    """
+    if configured and name in configured:
+        path = Path(configured[name]).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrain.imagenet_weights.{name}: {path} does not exist")
+        return path
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            found = try_to_load_from_cache(hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    fetch = f"`hf download {hub_id}` (Hugging Face repo {hub_id!r})" if hub_id else "timm's weights for it"
+    raise FileNotFoundError(
+        f"ImageNet weights of encoder {name!r} are not available offline: fetch {fetch} on a machine with "
+        f"network access into the Hugging Face cache, or set pretrain.imagenet_weights.{name} to a local file"
+    )
+
+
+def create_encoder(name: str, pretrained: bool = False, weights_file: Path | str | None = None) -> Encoder:
+    """Build an encoder by timm name; ``pretrained=True`` loads ImageNet weights from a local file only."""
     if name not in timm.list_models():
         raise KeyError(f"unknown encoder {name!r}: not a timm model name")
-    return Encoder(name, pretrained=pretrained)
+    return Encoder(
+        name, pretrained=pretrained, weights_file=None if weights_file is None else Path(weights_file)
+    )

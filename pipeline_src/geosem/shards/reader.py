@@ -82,13 +82,48 @@ class ShardSet:
         self._handles = {}
 
 
+def _present(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _intrinsics(shards: ShardSet, row: pd.Series) -> torch.Tensor:
+    return torch.tensor(
+        [[row["fx"], 0.0, row["cx"]], [0.0, row["fy"], row["cy"]], [0.0, 0.0, 1.0]], dtype=torch.float32
+    )
+
+
+def _relative_pose(neighbour: str) -> Callable[[ShardSet, pd.Series], torch.Tensor]:
+    """Ground-truth ``src_from_dst`` = inv(P_src) @ P_dst: this frame's camera points into the neighbour's."""
+
+    def read(shards: ShardSet, row: pd.Series) -> torch.Tensor:
+        dst = np.asarray(row["pose"], dtype=np.float64).reshape(4, 4)
+        src = np.asarray(shards.row(row[neighbour])["pose"], dtype=np.float64).reshape(4, 4)
+        return torch.from_numpy(np.linalg.inv(src) @ dst).float()
+
+    return read
+
+
+# Fields a sample can carry besides the stored arrays. "<field>_prev" / "<field>_next" read a stored field
+# of the sequence neighbour (index columns prev_id / next_id); the others come from the index row.
+_NEIGHBOUR_COLUMNS = {"_prev": "prev_id", "_next": "next_id"}
+_INDEX_FIELDS: dict[str, Callable[[ShardSet, pd.Series], torch.Tensor]] = {
+    "K": _intrinsics,
+    "baseline": lambda shards, row: torch.tensor(float(row["baseline"]), dtype=torch.float32),
+    "pose_to_prev": _relative_pose("prev_id"),
+    "pose_to_next": _relative_pose("next_id"),
+}
+
 Transform = Callable[[dict[str, torch.Tensor], np.random.Generator], dict[str, torch.Tensor]]
 
 
 class ShardDataset(Dataset):
     """A torch Dataset over some samples of a shard set, returning CHW float images and HW targets.
 
-    ``image`` becomes float32 in [0, 1] CHW, ``depth`` float32 HW, ``label`` int64 HW. A key is an index
+    ``image`` becomes float32 in [0, 1] CHW, ``depth`` float32 HW, ``label`` int64 HW. Context fields:
+    ``image_prev`` / ``image_next`` (any stored field + ``_prev`` / ``_next``: the sequence neighbour's,
+    samples without that neighbour are dropped from ``ids``), ``K`` (3x3 intrinsics), ``baseline`` and
+    ``pose_to_prev`` / ``pose_to_next`` (4x4 ground-truth transforms of this camera's points into the
+    neighbour's camera). A key is an index
     or ``(index, draw)``; the transform gets a generator seeded from (seed, draw), so augmentation is
     reproducible whatever the worker count or resume point (the loop numbers every sample draw).
     """
@@ -102,20 +137,38 @@ class ShardDataset(Dataset):
         seed: int = 0,
     ) -> None:
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
-        self.ids = list(ids)
         self.fields = tuple(fields)
         self.transform = transform
         self.seed = seed
+        # Samples lacking a neighbour that a context field needs (the first / last frame of a sequence)
+        # are left out here, so every task sees only samples it can use (monodepth2 trains on triplets).
+        needed = [
+            column for suffix, column in _NEIGHBOUR_COLUMNS.items() if any(f.endswith(suffix) for f in fields)
+        ]
+        self.ids = [i for i in ids if all(_present(self.shards.row(i)[c]) for c in needed)]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         index, draw = key if isinstance(key, tuple) else (key, key)
-        arrays = self.shards.read(self.ids[index], self.fields)
+        sample_id = self.ids[index]
+        stored = [
+            f for f in self.fields if f not in _INDEX_FIELDS and not f.endswith(tuple(_NEIGHBOUR_COLUMNS))
+        ]
+        arrays = self.shards.read(sample_id, stored)
+        row = self.shards.row(sample_id)
+        for name in self.fields:
+            for suffix, column in _NEIGHBOUR_COLUMNS.items():
+                if name.endswith(suffix) and name not in _INDEX_FIELDS:
+                    stored_name = name[: -len(suffix)]
+                    arrays[name] = self.shards.read(row[column], [stored_name])[stored_name]
         sample: dict[str, torch.Tensor] = {}
+        for name in self.fields:
+            if name in _INDEX_FIELDS:
+                sample[name] = _INDEX_FIELDS[name](self.shards, row)
         for name, value in arrays.items():
-            if name in ("image", "right"):
+            if name in ("image", "right") or name.startswith(("image_", "right_")):
                 sample[name] = torch.from_numpy(value).permute(2, 0, 1).float().div_(255.0)
             elif name == "label":
                 sample[name] = torch.from_numpy(value.astype(np.int64))

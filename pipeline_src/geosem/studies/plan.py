@@ -26,11 +26,12 @@ import yaml
 
 from geosem.atomic import atomic_write_text
 from geosem.labelspaces import num_classes
+from geosem.sources.catalog import DATASETS
 
-# Which label space each dataset's shards carry.
-DATASET_LABEL_SPACES = {"synth_driving": "cityscapes19"}
-# Inits that need no pre-training run.
-BASELINE_INITS = ("random",)
+# Which label space each dataset's shards carry (geosem.sources.catalog lists the datasets).
+DATASET_LABEL_SPACES = {name: spec.label_space for name, spec in DATASETS.items()}
+# Inits that need no pre-training run: a random encoder, or timm's ImageNet weights (from a local file).
+BASELINE_INITS = ("random", "imagenet")
 
 
 @dataclass
@@ -110,6 +111,28 @@ def _add(runs: dict[str, dict[str, Any]], snapshot: dict[str, Any], where: str) 
     runs[run_id] = snapshot
 
 
+def _imagenet_weights(config: dict[str, Any], encoder: str, where: str) -> str:
+    """The local ImageNet weight file of ``encoder``; resolved while planning so that a machine without
+    the weights stops here, naming what to fetch, and not hours into a run."""
+    from geosem.models.encoders import resolve_imagenet_weights  # imports timm: only when needed
+
+    try:
+        return str(resolve_imagenet_weights(encoder, config["pretrain"].get("imagenet_weights", {})))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{where}: {error}") from None
+
+
+def _pretrain_task(config: dict[str, Any], init: str, encoder: str) -> dict[str, Any]:
+    """The task section of a pre-training snapshot. An init names an entry of ``pretrain.tasks``; the
+    entry's ``task`` key picks the task module when it differs from the init's name (so that
+    ``depth_mono`` and ``depth_mono_rand`` are one task started from ImageNet and from scratch)."""
+    params = copy.deepcopy(config["pretrain"]["tasks"][init])
+    task = {"name": params.pop("task", "") or init, **params}
+    if task.get("encoder_init") == "imagenet":
+        task["weights_file"] = _imagenet_weights(config, encoder, f"pretrain.tasks.{init}")
+    return task
+
+
 def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
     """Expand every study listed in ``config['studies']`` (config already validated, defaults filled)."""
     study_dir = Path(study_dir or config["study_dir"])
@@ -121,14 +144,19 @@ def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
     shards_dir = f"{config['shards_root']}/{dataset}/{variant}"
     label_space = DATASET_LABEL_SPACES[dataset]
     plan = Plan()
-    plan.shards[f"{dataset}/{variant}"] = {
-        "dataset": dataset,
-        "variant": variant,
-        "height": data_cfg["height"],
-        "width": data_cfg["width"],
-        "test_sequences": data_cfg["test_sequences"],
-        "samples_per_part": data_cfg["samples_per_part"],
-    }
+    # The study's shard set, then the extra ones the default pipeline builds (study B's inputs).
+    for shard_cfg in [data_cfg, *data_cfg.get("extra", [])]:
+        name = shard_cfg["dataset"]
+        if name not in DATASETS:
+            raise KeyError(f"data: unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        plan.shards[f"{name}/{variant_name(shard_cfg)}"] = {
+            "dataset": name,
+            "converter": DATASETS[name].converter,
+            "variant": variant_name(shard_cfg),
+            "height": shard_cfg["height"],
+            "width": shard_cfg["width"],
+            "samples_per_part": shard_cfg.get("samples_per_part", data_cfg["samples_per_part"]),
+        }
     data = {
         "dataset": dataset,
         "variant": variant,
@@ -160,11 +188,12 @@ def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
                         )
                     seed = config["pretrain"]["seed"]
                     pre_id = f"{init}-{encoder}-{dataset}-{variant}-s{seed}"
+                    pre_task = _pretrain_task(config, init, encoder)
                     pre_snapshot = {
                         "run_id": pre_id,
                         "kind": "pretrain",
                         "seed": seed,
-                        "task": {"name": init, **copy.deepcopy(config["pretrain"]["tasks"][init])},
+                        "task": pre_task,
                         "model": model,
                         "data": data,
                         "loop": _loop(config["pretrain"]),
@@ -174,12 +203,14 @@ def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
                     _add(plan.pretrain, pre_snapshot, f"study {study_name}")
                     init_section.update(
                         {
-                            "task": init,
+                            "task": pre_task["name"],
                             "run_id": pre_id,
                             "checkpoint": f"{config['runs_root']}/pretrain/{pre_id}/model.pt",
                             "run": {"model": model, "task": pre_snapshot["task"]},
                         }
                     )
+                elif init == "imagenet":
+                    init_section["weights_file"] = _imagenet_weights(config, encoder, f"study {study_name!r}")
                 for mode in study.get("modes", ["all"]):
                     for train_size in study.get("train_sizes", [config["finetune"]["train_size"]]):
                         for seed in study["seeds"]:

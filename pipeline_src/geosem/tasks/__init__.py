@@ -24,7 +24,7 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 
 def _load_builtin() -> None:
-    from geosem.tasks import depth_supervised, segmentation  # noqa: F401
+    from geosem.tasks import depth_mono, depth_supervised, flow, mae, segmentation  # noqa: F401
 
 
 def get_task(name: str) -> type[Task]:

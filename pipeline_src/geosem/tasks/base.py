@@ -38,6 +38,12 @@ class Task(ABC):
         """Training augmentation; identity unless a task overrides it."""
         return sample
 
+    def transfer_model(self, model: nn.Module) -> nn.Module:
+        """The part of a trained model that a fine-tune starts from: a ``DenseModel`` (encoder, decoder,
+        heads). Identity for tasks whose model is one; tasks with extra networks (the pose network of
+        self-supervised depth) or a different decoder (flow) override it."""
+        return model
+
 
 def horizontal_flip(sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Flip every dense field of a sample together with probability 0.5 (the only augmentation of paper A)."""

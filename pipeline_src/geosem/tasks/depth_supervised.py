@@ -1,88 +1,100 @@
-"""Supervised monocular depth from dense ground truth (paper A, Table 2: "Depth (supervised)").
+"""Depth from ground truth: dense (``depth_supervised``, paper A Table 2 "Depth (supervised)"), sparse
+projected lidar (``depth_lidar``) and dense on small random crops (``depth_cropped``).
 
 The network predicts a sigmoid disparity at four scales, mapped to depth as monodepth2 does:
 ``depth = 1 / (1 / max + (1 / min - 1 / max) * sigmoid)``. Every scale is upsampled to full resolution
-and scored with L1 on log depth over valid ground-truth pixels, a scale-aware loss (the absolute scale
-of the scene is learned, unlike the scale-ambiguous self-supervised setting).
+and scored with L1 on log depth over the valid ground-truth pixels (inside (min_depth, max_depth)); a
+scale-aware loss, so these modes are evaluated without median scaling.
+
+* ``depth_lidar``: the target is the sparse lidar map (field ``depth_lidar``, 0 = no return); the loss
+  is masked to the returns. Evaluation uses the dense ``depth`` ground truth where the shards have it.
+* ``depth_cropped``: every training sample is a random ``crop`` (height, width) patch of image and depth,
+  so the network cannot read depth off the image row (no position information); evaluation on whole
+  images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from geosem.metrics.depth import depth_metrics
-from geosem.models import build_dense_model
 from geosem.shards.reader import ShardSet
 from geosem.tasks import register_task
-from geosem.tasks.base import Task, horizontal_flip, iterate_batches
+from geosem.tasks.base import Task, horizontal_flip
+from geosem.tasks.depth_common import build_depth_network, depth_at_full_resolution, evaluate_depth
+from geosem.tasks.photometric import sigmoid_to_depth
 
-
-def sigmoid_to_depth(sigmoid: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
-    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
-    return 1.0 / (min_disp + (max_disp - min_disp) * sigmoid)
+__all__ = ["DepthCropped", "DepthLidar", "DepthSupervised", "sigmoid_to_depth"]
 
 
 @register_task("depth_supervised")
 class DepthSupervised(Task):
-    fields = ("image", "depth")
+    fields: ClassVar[tuple[str, ...]] = ("image", "depth")
+    target: ClassVar[str] = "depth"
 
     @property
     def params(self) -> dict[str, Any]:
         return self.run["task"]
 
     def build_model(self) -> nn.Module:
-        model_cfg = self.run["model"]
-        return build_dense_model(
-            model_cfg["encoder"],
-            1,
-            decoder_channels=tuple(model_cfg["decoder_channels"]),
-            head_scales=(0, 1, 2, 3),
-        )
+        return build_depth_network(self.run)
 
     def predict_depth(self, model: nn.Module, image: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Depth at full resolution for every scale the model predicts."""
-        size = image.shape[-2:]
-        out = {}
-        for scale, logits in model(image).items():
-            sigmoid = torch.sigmoid(logits)
-            if sigmoid.shape[-2:] != size:
-                sigmoid = F.interpolate(sigmoid, size=size, mode="bilinear", align_corners=False)
-            out[scale] = sigmoid_to_depth(sigmoid, self.params["min_depth"], self.params["max_depth"])[:, 0]
-        return out
+        """Depth (B,H,W) at full resolution for every scale the model predicts."""
+        full = depth_at_full_resolution(
+            model(image), image.shape[-2:], self.params["min_depth"], self.params["max_depth"]
+        )
+        return {scale: depth[:, 0] for scale, depth in full.items()}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        gt = batch["depth"]
+        gt = batch[self.target]
         valid = (gt > self.params["min_depth"]) & (gt < self.params["max_depth"])
         if not valid.any():
-            raise ValueError("a training batch has no valid ground-truth depth pixel")
+            raise ValueError(f"a training batch has no valid {self.target!r} pixel")
         log_gt = torch.log(gt[valid])
         per_scale = [
             (torch.log(depth[valid]) - log_gt).abs().mean()
             for depth in self.predict_depth(model, batch["image"]).values()
         ]
-        return torch.stack(per_scale).mean(), {}
+        return torch.stack(per_scale).mean(), {"valid_share": float(valid.float().mean())}
 
     def transform(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return horizontal_flip(sample, rng) if self.params.get("hflip", True) else sample
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, shards: ShardSet, ids: Sequence[str]) -> dict[str, Any]:
         model.eval()
-        gts, preds = [], []
-        batches = iterate_batches(shards, ids, self.fields, self.run["evaluation"]["batch_size"], self.device)
-        for batch in batches:
-            preds.append(self.predict_depth(model, batch["image"])[0].cpu().numpy())
-            gts.append(batch["depth"].cpu().numpy())
-        cap = self.run["evaluation"]["max_depth"]
-        metrics = depth_metrics(
-            np.concatenate(gts), np.concatenate(preds), min_depth=1e-3, max_depth=cap, median_scaling=False
+        return evaluate_depth(
+            lambda image: self.predict_depth(model, image)[0],
+            self.run,
+            shards,
+            ids,
+            self.device,
+            median_scaling=False,
         )
-        return {
-            f"depth_{k}" if k != "images_scored" else "depth_images_scored": v for k, v in metrics.items()
-        }
+
+
+@register_task("depth_lidar")
+class DepthLidar(DepthSupervised):
+    fields = ("image", "depth_lidar")
+    target = "depth_lidar"
+
+
+@register_task("depth_cropped")
+class DepthCropped(DepthSupervised):
+    def transform(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        sample = super().transform(sample, rng)
+        height, width = sample["image"].shape[-2:]
+        crop_h, crop_w = self.params["crop"]
+        if crop_h > height or crop_w > width or min(crop_h, crop_w) < 64 or crop_h % 32 or crop_w % 32:
+            # The encoder reduces by 32 and the decoder's reflection padding needs 2 pixels at 1/32.
+            raise ValueError(
+                f"depth_cropped: crop {crop_h}x{crop_w} must be multiples of 32, at least 64, and fit "
+                f"the {height}x{width} images"
+            )
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        return {key: value[..., top : top + crop_h, left : left + crop_w] for key, value in sample.items()}

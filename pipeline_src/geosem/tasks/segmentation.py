@@ -50,7 +50,8 @@ class Segmentation(Task):
     def _initialised_model(self) -> nn.Module:
         init = self.run["init"]
         num_classes = self.run["data"]["num_classes"]
-        if init["name"] == "random":
+        if init["name"] in ("random", "imagenet"):
+            # imagenet: timm's ImageNet encoder from the local file the planner resolved, fresh decoder.
             model_cfg = self.run["model"]
             return build_dense_model(
                 model_cfg["encoder"],
@@ -58,6 +59,8 @@ class Segmentation(Task):
                 decoder_channels=tuple(model_cfg["decoder_channels"]),
                 head_scales=(0,),
                 head_kernel=self.params["classifier_kernel"],
+                pretrained_encoder=init["name"] == "imagenet",
+                weights_file=init.get("weights_file"),
             )
         # A pre-trained init: rebuild the pre-training architecture, load its weights exactly, then swap
         # the head. strict loading: a checkpoint that does not match the architecture is an error.
@@ -71,6 +74,8 @@ class Segmentation(Task):
         model = pretrain_task.build_model()
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
         model.load_state_dict(state, strict=True)
+        # Keep what transfers (encoder, decoder, heads); a pose network or a two-frame flow decoder stays.
+        model = pretrain_task.transfer_model(model)
         if self.params["mode"] == "encoder_only":
             model.reset_decoder()
         model.replace_heads(num_classes, (0,), self.params["classifier_kernel"])

@@ -1,0 +1,106 @@
+"""The pre-training table of a study: the depth quality of every pre-training it uses, on ground truth.
+
+One row per pre-training run (init name, task, encoder start), with the depth metrics of
+``geosem.metrics.depth`` on the test split (per-image averages, the evaluation's depth cap; median
+scaling for the scale-ambiguous depth_mono, stated in its own column), and the task's own score for the
+non-depth tasks (flow end-point error, masked-reconstruction L1). Run as
+``python -m geosem.aggregate.pretrain --study S --runs DIR... --csv OUT --md OUT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from geosem.atomic import atomic_write_text
+from geosem.metrics.depth import DEPTH_METRIC_NAMES
+
+DEPTH_COLUMNS = DEPTH_METRIC_NAMES
+OTHER_SCORES = ("test_flow_epe", "test_flow_epe_zero", "test_masked_l1")
+
+
+def collect_pretrain_runs(run_dirs: list[Path]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        snapshot = yaml.safe_load((run_dir / "run.yaml").read_text())
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        task = snapshot["task"]
+        row: dict[str, Any] = {
+            "init": snapshot["run_id"].split(f"-{snapshot['model']['encoder']}-", 1)[0],
+            "task": task["name"],
+            "encoder_init": task.get("encoder_init", "random"),
+            "encoder": snapshot["model"]["encoder"],
+            "steps": metrics.get("steps"),
+            "median_scaled": metrics.get("depth_median_scaled"),
+            "images_scored": metrics.get("depth_images_scored"),
+        }
+        row.update({name: metrics.get(f"depth_{name}") for name in DEPTH_COLUMNS})
+        row.update({name: metrics.get(name) for name in OTHER_SCORES})
+        row["run_id"] = snapshot["run_id"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["task", "init"], kind="stable").reset_index(drop=True) if rows else table
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pretrain_markdown(table: pd.DataFrame, study: str) -> str:
+    header = ["init", "task", "encoder start", "median scaled", *DEPTH_COLUMNS, "other score"]
+    lines = [
+        f"### {study}: pre-training depth quality on the test split",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for _, row in table.iterrows():
+        other = "; ".join(
+            f"{name.removeprefix('test_')} {_fmt(row[name])}" for name in OTHER_SCORES if pd.notna(row[name])
+        )
+        cells = [row["init"], row["task"], row["encoder_init"], _fmt(row["median_scaled"])]
+        cells += [_fmt(row[name]) for name in DEPTH_COLUMNS] + [other or "–"]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += [
+        "",
+        "Depth metrics of each pre-trained network on the ground-truth depth of the test split (per-image "
+        "averages, evaluation depth cap; delta_k = share with max(g/p, p/g) < 1.25^k). Median scaling only "
+        "for scale-ambiguous monocular video (depth_mono); stereo uses the known baseline. Tasks without a "
+        "depth output show their own score: flow end-point error in pixels (epe_zero: of a zero flow), "
+        "masked-reconstruction L1.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_pretrain_table(study: str, run_dirs: list[Path], csv_path: Path, md_path: Path) -> pd.DataFrame:
+    table = collect_pretrain_runs(run_dirs)
+    atomic_write_text(Path(csv_path), table.to_csv(index=False))
+    atomic_write_text(Path(md_path), pretrain_markdown(table, study))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--runs", nargs="*", default=[], help="pre-training run directories")
+    parser.add_argument("--csv", required=True)
+    parser.add_argument("--md", required=True)
+    args = parser.parse_args(argv)
+    table = write_pretrain_table(args.study, [Path(r) for r in args.runs], Path(args.csv), Path(args.md))
+    print(pretrain_markdown(table, args.study))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Unsupervised optical flow with a siamese encoder (the seed code's flow pre-training, protocols.md 1.8).
+
+One encoder with shared weights encodes frame t and frame t-1; per pyramid level their features are
+concatenated and decoded by a monodepth2 decoder into a 2-channel output at four scales,
+``flow = 0.4 (sigmoid - 0.5) x (W, H)`` pixels: where each pixel of frame t is found in frame t-1. Loss
+per scale (upsampled to full resolution, weight 1/2^s): the photometric error
+0.85 (1 - SSIM)/2 + 0.15 L1 between frame t and frame t-1 warped by the flow
+(``geosem.geometry.warp.warp_with_flow``), plus 2.0 x edge-aware smoothness of each flow channel. The
+smoothness acts on the flow as a fraction of the image size (the sigmoid's range), so its weight does
+not depend on the resolution (the seed code does not say which unit it smooths).
+
+Transfer to segmentation: the encoder transfers as it is; the decoder's layers that see concatenated
+features are twice as wide as a single-image decoder's, so only the decoder tensors whose shapes match
+are carried over (the same tensors the seed code's position-wise loading keeps), the rest start fresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from geosem.geometry.warp import flow_from_depth_pose, warp_with_flow
+from geosem.models.decoders import MultiScaleDecoder
+from geosem.models.dense import DenseModel
+from geosem.shards.reader import ShardSet
+from geosem.tasks import register_task
+from geosem.tasks.base import Task, horizontal_flip, iterate_batches
+from geosem.tasks.depth_common import DEPTH_SCALES, build_depth_network
+from geosem.tasks.photometric import edge_aware_smoothness, photometric_error, upsample
+
+FLOW_RANGE = 0.4  # flow spans +-0.2 of the image size
+
+
+class SiameseFlowModel(nn.Module):
+    def __init__(self, dense: DenseModel) -> None:
+        super().__init__()
+        self.encoder = dense.encoder
+        self.decoder = MultiScaleDecoder([2 * c for c in dense.encoder.channels], dense.decoder.channels)
+        self.heads = dense.heads
+
+    def forward(self, image: torch.Tensor, other: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Flow (B,2,H_s,W_s) in pixels of the full image, by scale, from ``image`` to ``other``."""
+        features = [
+            torch.cat(pair, dim=1) for pair in zip(self.encoder(image), self.encoder(other), strict=True)
+        ]
+        decoded = self.decoder(features)
+        size = torch.tensor(image.shape[-1:-3:-1], dtype=image.dtype, device=image.device).view(1, 2, 1, 1)
+        return {
+            s: FLOW_RANGE * (torch.sigmoid(self.heads[str(s)](decoded[s])) - 0.5) * size for s in DEPTH_SCALES
+        }
+
+
+@register_task("flow")
+class Flow(Task):
+    fields = ("image", "image_prev")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.run["task"]
+
+    def build_model(self) -> nn.Module:
+        return SiameseFlowModel(build_depth_network(self.run, out_channels=2))
+
+    def transfer_model(self, model: nn.Module) -> DenseModel:
+        dense = DenseModel(
+            model.encoder,
+            MultiScaleDecoder(model.encoder.channels, model.decoder.channels),
+            2,
+            DEPTH_SCALES,
+        )
+        dense.heads.load_state_dict(model.heads.state_dict())
+        fresh = dense.decoder.state_dict()
+        trained = model.decoder.state_dict()
+        dense.decoder.load_state_dict(
+            {k: trained[k] if trained[k].shape == v.shape else v for k, v in fresh.items()}
+        )
+        return dense
+
+    def transform(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return horizontal_flip(sample, rng) if self.params.get("hflip", True) else sample
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        image, prev = batch["image"], batch["image_prev"]
+        size = torch.tensor(image.shape[-1:-3:-1], dtype=image.dtype, device=image.device).view(1, 2, 1, 1)
+        total = image.new_zeros(())
+        logs: dict[str, float] = {}
+        for scale, flow in model(image, prev).items():
+            # Flow in pixels of the full image already; upsampling keeps its values (no rescaling).
+            flow = upsample(flow, image.shape[-2:])
+            warped, _ = warp_with_flow(prev, flow)
+            error = photometric_error(warped, image).mean()
+            smooth = edge_aware_smoothness(flow / size, image)
+            total = total + (error + self.params["smoothness"] * smooth) / 2**scale
+            if scale == 0:
+                logs["photometric"] = error.item()
+        return total, logs
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, shards: ShardSet, ids: Sequence[str]) -> dict[str, Any]:
+        """End-point error against the flow of the static scene from ground-truth depth and pose."""
+        model.eval()
+        fields = ("image", "image_prev", "depth", "K", "pose_to_prev")
+        errors, identity = [], []
+        for batch in iterate_batches(shards, ids, fields, self.run["evaluation"]["batch_size"], self.device):
+            depth = batch["depth"][:, None]
+            truth = flow_from_depth_pose(depth, batch["pose_to_prev"], batch["K"])
+            valid = (depth[:, 0] > 0) & torch.isfinite(truth).all(1)
+            predicted = model(batch["image"], batch["image_prev"])[0]
+            errors.append((predicted - truth).norm(dim=1)[valid].mean().item())
+            identity.append(truth.norm(dim=1)[valid].mean().item())
+        if not errors:  # e.g. KITTI's labelled test frames come without their neighbours
+            return {"test_flow_pairs": 0}
+        return {
+            "test_flow_epe": float(np.mean(errors)),
+            "test_flow_epe_zero": float(np.mean(identity)),
+            "test_flow_pairs": sum(1 for _ in ids),
+        }

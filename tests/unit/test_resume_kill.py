@@ -1,0 +1,123 @@
+"""Exact resume after a real kill: `geosem pretrain` is SIGKILLed once a checkpoint exists, rerun, and
+ends with the metrics and weights of an uninterrupted run, repeating at most one checkpoint interval.
+
+The task is self-supervised depth from video (depth_mono): depth and pose networks, per-draw flips and
+the identity-loss noise drawn from torch's global generator all have to come back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from geosem.studies.plan import write_run_snapshot
+
+STEPS = 12
+CHECKPOINT_EVERY = 2
+
+
+def _snapshot(shards: Path) -> dict[str, Any]:
+    return {
+        "run_id": "depth_mono_rand-resnet18-synth_driving-64x96-s0",
+        "kind": "pretrain",
+        "seed": 0,
+        "task": {
+            "name": "depth_mono",
+            "min_depth": 0.1,
+            "max_depth": 100.0,
+            "hflip": True,
+            "smoothness": 0.001,
+            "encoder_init": "random",
+        },
+        "model": {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]},
+        "data": {
+            "dataset": "synth_driving",
+            "variant": shards.name,
+            "shards": str(shards),
+            "label_space": "cityscapes19",
+            "num_classes": 19,
+            "train_split": "train",
+            "test_split": "test",
+            "test_stride": 1,
+        },
+        "loop": {
+            "steps": STEPS,
+            "batch_size": 2,
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+            "lr_schedule": "cosine",
+            "eval_every": 6,
+            "checkpoint_every": CHECKPOINT_EVERY,
+        },
+        "evaluation": {"batch_size": 4, "max_depth": 80.0},
+        "compute": {"num_workers": 0},
+    }
+
+
+def _command(run: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "geosem.cli",
+        "pretrain",
+        "--run",
+        str(run),
+        "--threads",
+        "1",
+        "--procs",
+        "1",
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_sigkill_then_rerun_matches_an_uninterrupted_run(tiny_shards: Path, tmp_path: Path) -> None:
+    snapshot = _snapshot(tiny_shards)
+    whole = tmp_path / "whole" / "run.yaml"
+    killed = tmp_path / "killed" / "run.yaml"
+    write_run_snapshot(snapshot, whole)
+    write_run_snapshot(snapshot, killed)
+
+    subprocess.run(_command(whole), check=True, env=_env(), capture_output=True, timeout=600)
+
+    checkpoint = killed.parent / "checkpoint.pt"
+    process = subprocess.Popen(
+        _command(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)  # no handler can run: the hard case (OOM killer, node loss)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed.parent / "metrics.json").exists()
+    saved_step = torch.load(checkpoint, weights_only=False)["step"]
+    assert 0 < saved_step < STEPS and saved_step % CHECKPOINT_EVERY == 0
+
+    rerun = subprocess.run(
+        _command(killed), check=True, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    resumed_from = int(re.search(r"resuming \S+ from step (\d+)", rerun.stderr).group(1))
+    # The rerun starts at the last checkpoint; the killed process had run fewer than CHECKPOINT_EVERY
+    # steps beyond it (it writes one every CHECKPOINT_EVERY steps), so at most one interval is repeated.
+    assert resumed_from == saved_step
+
+    metrics_whole = json.loads((whole.parent / "metrics.json").read_text())
+    metrics_killed = json.loads((killed.parent / "metrics.json").read_text())
+    assert metrics_killed == metrics_whole
+    assert metrics_whole["depth_images_scored"] > 0 and metrics_whole["depth_median_scaled"] is True
+    assert (killed.parent / "curves.csv").read_text() == (whole.parent / "curves.csv").read_text()
+    a = torch.load(whole.parent / "model.pt", weights_only=True)["model"]
+    b = torch.load(killed.parent / "model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not checkpoint.exists()

@@ -1,0 +1,230 @@
+"""Every pre-training task trains on the tiny fixture (the KITTI-layout synthetic world through the KITTI
+converter: image, right, depth, depth_lidar, neighbours, intrinsics, baseline, poses), and its model
+transfers to segmentation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from geosem.shards.reader import ShardDataset, ShardSet
+from geosem.tasks import get_task, list_tasks
+from geosem.tasks.depth_mono import reproject, stereo_transform
+from geosem.tasks.photometric import photometric_error
+
+MODEL = {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]}
+TASKS: dict[str, dict[str, Any]] = {
+    "depth_supervised": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
+    "depth_mono": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
+    "depth_stereo": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
+    "depth_mono_stereo": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
+    "depth_lidar": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
+    "depth_cropped": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True, "crop": [64, 64]},
+    "flow": {"smoothness": 2.0, "hflip": True},
+    "mae_seed": {"task": "mae", "variant": "seed", "seed_density": [0.001, 0.01], "patch": 7},
+    "mae_patch": {"task": "mae", "variant": "patch", "mask_ratio": 0.75, "patch": 8},
+}
+
+
+def _run(shards: Path, init: str) -> dict[str, Any]:
+    params = copy.deepcopy(TASKS[init])
+    name = params.pop("task", init)
+    return {
+        "run_id": f"{init}-test",
+        "kind": "pretrain",
+        "seed": 0,
+        "task": {"name": name, **params},
+        "model": MODEL,
+        "data": {"shards": str(shards), "train_split": "train", "test_split": "test", "test_stride": 1},
+        "evaluation": {"batch_size": 4, "max_depth": 80.0},
+    }
+
+
+def test_every_task_is_registered() -> None:
+    expected = {"depth_supervised", "depth_mono", "depth_stereo", "depth_mono_stereo", "depth_lidar"}
+    assert expected | {"depth_cropped", "flow", "mae", "segmentation"} <= set(list_tasks())
+
+
+def test_stereo_warp_with_true_depth_reconstructs_the_left_image(tiny_shards: Path) -> None:
+    shards = ShardSet(tiny_shards)
+    dataset = ShardDataset(shards, shards.ids("train")[:2], ("image", "right", "depth", "K", "baseline"))
+    batch = {k: torch.stack([dataset[i][k] for i in range(2)]) for k in dataset[0]}
+    depth = batch["depth"][:, None]
+    valid = depth > 0
+    flipped = torch.zeros(2)
+    true = reproject(batch["right"], depth, stereo_transform(batch["baseline"], flipped), batch["K"])
+    wrong_side = reproject(
+        batch["right"], depth, stereo_transform(batch["baseline"], flipped + 1), batch["K"]
+    )
+    l1 = (true - batch["image"]).abs().mean(1, keepdim=True)[valid].mean()
+    assert l1 < 0.05, l1
+    true_error = photometric_error(true, batch["image"])[valid].mean()
+    assert true_error < 0.6 * photometric_error(wrong_side, batch["image"])[valid].mean()
+    assert true_error < 0.6 * photometric_error(batch["right"], batch["image"])[valid].mean()
+
+
+def test_lidar_field_is_sparse_and_loss_ignores_the_gaps(tiny_shards: Path) -> None:
+    task = get_task("depth_lidar")(_run(tiny_shards, "depth_lidar"))
+    torch.manual_seed(0)
+    model = task.build_model()
+    image = torch.rand(1, 3, 64, 96)
+    lidar = torch.zeros(1, 64, 96)
+    lidar[0, ::4, ::2] = 10.0
+    model.eval()  # fixed BatchNorm statistics: the two computations below see the same network
+    loss, logs = task.loss(model, {"image": image, "depth_lidar": lidar})
+    assert logs["valid_share"] == pytest.approx(1 / 8)
+    # By hand: L1 of log depth over the returns only, averaged over the four scales.
+    with torch.no_grad():
+        depths = task.predict_depth(model, image)
+    returns = lidar > 0
+    expected = torch.stack([(d[returns].log() - np.log(10.0)).abs().mean() for d in depths.values()]).mean()
+    assert torch.isclose(loss, expected, atol=1e-5)
+    # The loss of the dense map differs: the gaps would count.
+    dense = torch.full_like(lidar, 10.0)
+    assert not torch.isclose(task.loss(model, {"image": image, "depth_lidar": dense})[0], loss)
+
+
+@pytest.mark.parametrize("init", list(TASKS))
+def test_task_trains_with_decreasing_loss_and_transfers(tiny_shards: Path, init: str) -> None:
+    run = _run(tiny_shards, init)
+    task = get_task(run["task"]["name"])(run)
+    torch.manual_seed(0)
+    model = task.build_model()
+    shards = ShardSet(tiny_shards)
+    dataset = ShardDataset(shards, shards.ids("train"), task.fields, transform=task.transform, seed=0)
+    # One fixed batch of two samples (same augmentation draws every step): the loss must fall on it.
+    items = [dataset[(i, i)] for i in range(2)]
+    batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        model.train()
+        optimiser.zero_grad()
+        loss, _ = task.loss(model, batch)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-2:]) < losses[0], losses
+    # The labelled test frames have no sequence neighbours, so flow is scored on frame pairs of train.
+    eval_ids = shards.ids("train" if init == "flow" else "test")
+    metrics = task.evaluate(model, shards, eval_ids)
+    assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float))
+    if run["task"]["name"].startswith("depth"):
+        assert metrics["depth_images_scored"] > 0 and 0 < metrics["depth_abs_rel"] < 10
+        assert metrics["depth_median_scaled"] == (run["task"]["name"] == "depth_mono")
+    # The transferable part is a DenseModel; its state round-trips and it predicts at full resolution.
+    dense = task.transfer_model(model)
+    assert set(dense.state_dict()) <= {k.split(".", 1)[-1] for k in model.state_dict()} | set(
+        model.state_dict()
+    )
+    assert dense(batch["image"])[0].shape[-2:] == batch["image"].shape[-2:]
+
+
+def _zoo_config(study_dir: Path, inits: list[str], **pretrain: Any) -> dict[str, Any]:
+    import yaml
+    from snakemake.utils import validate
+
+    repo = Path(__file__).resolve().parents[2]
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    config["pretrain"].update(pretrain)
+    (study_dir / "zoo.yaml").write_text(yaml.safe_dump({"inits": inits, "seeds": [0]}))
+    config.update(studies=["zoo"], study_dir=str(study_dir))
+    validate(config, str(repo / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+def test_the_zoo_study_plans_every_task_offline(tmp_path: Path) -> None:
+    from geosem.studies import plan_runs
+
+    repo = Path(__file__).resolve().parents[2]
+    config = _zoo_config(tmp_path, [])  # a validated config; then the real study file
+    config.update(studies=["pretrain_zoo"], study_dir=str(repo / "config" / "studies"))
+    plan = plan_runs(config)
+    tasks = {snapshot["task"]["name"] for snapshot in plan.pretrain.values()}
+    assert tasks == {"depth_supervised", "depth_lidar", "depth_cropped", "depth_mono", "depth_stereo"} | {
+        "depth_mono_stereo",
+        "flow",
+        "mae",
+    }
+    rand = plan.pretrain["depth_mono_rand-resnet18-synth_driving-64x192-s0"]["task"]
+    assert rand["name"] == "depth_mono" and rand["encoder_init"] == "random" and "weights_file" not in rand
+    assert all(snapshot["task"]["name"] in list_tasks() for snapshot in plan.pretrain.values())
+
+
+def test_missing_imagenet_weights_stop_the_plan_naming_what_to_fetch(tmp_path: Path) -> None:
+    from geosem.studies import plan_runs
+
+    for inits in (["imagenet"], ["depth_mono"]):
+        config = _zoo_config(tmp_path, inits, imagenet_weights={})
+        with pytest.raises(
+            FileNotFoundError, match=r"resnet18.*(hf download timm/resnet18|imagenet_weights)"
+        ):
+            plan_runs(config)
+
+
+def test_configured_imagenet_weights_are_loaded(tmp_path: Path) -> None:
+    import timm
+    from geosem.studies import plan_runs
+
+    # A stand-in for the downloaded file: a resnet18 state dict with known values.
+    torch.manual_seed(7)
+    reference = timm.create_model("resnet18")
+    weights = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    config = _zoo_config(tmp_path, ["imagenet", "depth_mono"], imagenet_weights={"resnet18": str(weights)})
+    plan = plan_runs(config)
+    pre = plan.pretrain["depth_mono-resnet18-synth_driving-64x192-s0"]
+    assert pre["task"]["weights_file"] == str(weights)
+    finetune = next(s for s in plan.finetune.values() if s["init"]["name"] == "imagenet")
+    assert finetune["init"]["weights_file"] == str(weights)
+    model = get_task("segmentation")(finetune).build_model()
+    assert torch.equal(model.encoder.body.conv1.weight, reference.conv1.weight)
+    depth_model = get_task("depth_mono")(pre).build_model()
+    assert torch.equal(
+        depth_model.depth.encoder.body.layer1[0].conv1.weight, reference.layer1[0].conv1.weight
+    )
+    # The pose network's 6-channel conv1 is the ImageNet one repeated and scaled by 3/6.
+    pose_conv1 = depth_model.pose.body.conv1.weight
+    assert torch.allclose(pose_conv1, torch.cat([reference.conv1.weight] * 2, dim=1) * 0.5, atol=1e-6)
+
+
+def test_pretrain_table_lists_depth_metrics_of_each_pretraining(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+    from geosem.aggregate.pretrain import write_pretrain_table
+    from geosem.metrics.depth import DEPTH_METRIC_NAMES
+    from geosem.studies.plan import write_run_snapshot
+
+    runs = []
+    for number, (init, task, scaled) in enumerate(
+        [
+            ("depth_mono_rand", "depth_mono", True),
+            ("depth_stereo_rand", "depth_stereo", False),
+            ("mae_seed", "mae", None),
+        ]
+    ):
+        run_dir = tmp_path / f"{init}-resnet18-synth_driving-64x96-s0"
+        snapshot = {"run_id": run_dir.name, "model": MODEL, "task": {"name": task, "encoder_init": "random"}}
+        write_run_snapshot(snapshot, run_dir / "run.yaml")
+        metrics: dict[str, Any] = {"steps": 3}
+        if scaled is not None:
+            metrics.update({f"depth_{name}": 0.1 * (number + 1) for name in DEPTH_METRIC_NAMES})
+            metrics.update(depth_median_scaled=scaled, depth_images_scored=4)
+        else:
+            metrics["test_masked_l1"] = 0.25
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        runs.append(run_dir)
+    table = write_pretrain_table("zoo", runs, tmp_path / "t.csv", tmp_path / "t.md")
+    csv = pd.read_csv(tmp_path / "t.csv")
+    assert list(csv["init"]) == ["depth_mono_rand", "depth_stereo_rand", "mae_seed"]  # by task, then init
+    assert csv.loc[csv["init"] == "depth_stereo_rand", "abs_rel"].item() == pytest.approx(0.2)
+    assert bool(csv.loc[csv["init"] == "depth_mono_rand", "median_scaled"].item()) is True
+    md = (tmp_path / "t.md").read_text()
+    assert "| depth_mono_rand | depth_mono | random | yes | 0.100 |" in md and "masked_l1 0.250" in md
+    assert len(table) == 3
