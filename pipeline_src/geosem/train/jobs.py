@@ -12,6 +12,7 @@ import torch
 from geosem.shards.reader import ShardDataset, ShardSet
 from geosem.studies.plan import read_run_snapshot, run_digest
 from geosem.tasks import get_task
+from geosem.train.distributed import Distributed
 from geosem.train.loop import LoopSpec, train
 from geosem.train.seeding import seed_everything
 
@@ -42,16 +43,25 @@ def _configure_threads(threads: int) -> None:
 
 
 def run_job(
-    run_path: Path, threads: int = 1, max_steps_this_call: int | None = None
+    run_path: Path,
+    threads: int = 1,
+    max_steps_this_call: int | None = None,
+    dist: Distributed | None = None,
 ) -> dict[str, Any] | None:
-    """Run the pre-training or fine-tuning described by ``run_path`` (a run.yaml) in its directory."""
+    """Run the pre-training or fine-tuning described by ``run_path`` (a run.yaml) in its directory.
+
+    ``dist``: this process's rank when the job trains data-parallel (every rank calls ``run_job``).
+    """
     run_path = Path(run_path)
     run = read_run_snapshot(run_path)
     run_dir = run_path.parent
+    dist = dist or Distributed()
     _configure_threads(threads)
+    # The same seed on every rank: all ranks build the same initial weights.
     seed_everything(run["seed"])
-    # Train on the GPU when the job sees one (SLURM sets CUDA_VISIBLE_DEVICES), else on the CPU.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Train on the GPU when the job sees one (SLURM sets CUDA_VISIBLE_DEVICES), one GPU per rank, else
+    # on the CPU.
+    device = dist.device()
     task = get_task(run["task"]["name"])(run, device)
     shards = ShardSet(Path(run["data"]["shards"]))
     evaluation_ids = test_ids(shards, run)
@@ -66,7 +76,14 @@ def run_job(
     overlap = set(train_ids) & set(evaluation_ids)
     if overlap:
         raise ValueError(f"{run_path}: {len(overlap)} samples are in both the training and the test split")
-    log.info("%s: %d training samples, %d test samples", run["run_id"], len(train_ids), len(evaluation_ids))
+    log.info(
+        "%s: %d training samples, %d test samples, on %s (%d process(es))",
+        run["run_id"],
+        len(train_ids),
+        len(evaluation_ids),
+        device,
+        dist.world_size,
+    )
 
     model = task.build_model().to(device)
     dataset = ShardDataset(shards, train_ids, task.fields, transform=task.transform, seed=run["seed"])
@@ -93,4 +110,5 @@ def run_job(
         device=device,
         final_metrics=describe,
         max_steps_this_call=max_steps_this_call,
+        dist=dist,
     )

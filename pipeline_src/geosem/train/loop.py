@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from geosem.atomic import atomic_write_json, atomic_write_text
 from geosem.train.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from geosem.train.distributed import Distributed
 from geosem.train.seeding import capture_rng_state, restore_rng_state
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,18 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
     Each element is ``(sample_index, draw)`` where ``draw`` numbers the sample draw over the run, so the
     dataset can seed its augmentation per draw. Epochs are reshuffled with ``default_rng([seed, epoch])``.
+    In a data-parallel job each rank iterates over its share of every global batch (``dist.shard``).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, seed: int, start: int, steps: int) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int,
+        start: int,
+        steps: int,
+        dist: Distributed | None = None,
+    ) -> None:
         if num_samples == 0:
             raise ValueError("cannot train on an empty dataset")
         self.num_samples = num_samples
@@ -73,6 +83,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
         self.seed = seed
         self.start = start
         self.steps = steps
+        self.dist = dist or Distributed()
+        self.dist.shard(list(range(batch_size)))  # fail now, not at the first step, on an uneven split
 
     def _order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
@@ -87,7 +99,7 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start, self.steps):
-            yield self.batch(step)
+            yield self.dist.shard(self.batch(step))
 
     def __len__(self) -> int:
         return max(self.steps - self.start, 0)
@@ -154,13 +166,18 @@ def train(
     device: torch.device | str = "cpu",
     final_metrics: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     max_steps_this_call: int | None = None,
+    dist: Distributed | None = None,
 ) -> dict[str, Any] | None:
     """Train to ``spec.steps``, resuming from ``run_dir/checkpoint.pt`` when one exists.
 
     Writes ``model.pt``, ``metrics.json`` and ``curves.csv`` into ``run_dir`` at the end and removes the
     checkpoint. Returns the final metrics, or None when a stop signal (or ``max_steps_this_call``, used by
     tests to interrupt a run cleanly) ended this call early after saving a checkpoint.
+
+    ``dist``: this process's rank in a data-parallel job (``geosem.train.distributed``); every rank calls
+    ``train`` with the same arguments, rank 0 alone writes files.
     """
+    dist = dist or Distributed()
     run_dir = Path(run_dir)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -196,8 +213,10 @@ def train(
             checkpoint_path,
         )
 
-    sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, start, spec.steps)
+    sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, start, spec.steps, dist)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate)
+    # After the checkpoint is loaded: DDP broadcasts rank 0's weights when it wraps the model.
+    net = dist.wrap(model, torch.device(device))
     stop_after = spec.steps if max_steps_this_call is None else min(spec.steps, start + max_steps_this_call)
     started = time.perf_counter()
     step = start
@@ -205,46 +224,61 @@ def train(
     with (
         StopRequested() as stop,
         tqdm(
-            total=spec.steps, initial=start, desc=run_dir.name, file=sys.stderr, mininterval=2.0
+            total=spec.steps,
+            initial=start,
+            desc=run_dir.name,
+            file=sys.stderr,
+            mininterval=2.0,
+            disable=not dist.is_main,
         ) as progress,
     ):
         for batch in loader:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             model.train()
             optimizer.zero_grad(set_to_none=True)
-            loss, logs = loss_fn(model, batch)
+            loss, logs = loss_fn(net, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{run_dir}: loss is {loss.item()} at step {step}")
             loss.backward()
             optimizer.step()
             scheduler.step()
             step += 1
+            loss_value = dist.mean(float(loss.item()))  # the global batch's loss
             progress.update(1)
-            progress.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if step % spec.eval_every == 0 or step == spec.steps:
-                row = {"step": step, "train_loss": float(loss.item()), "lr": scheduler.get_last_lr()[0]}
-                row.update({k: v for k, v in logs.items()})
-                last_eval = evaluate_fn(model)
+                row = {"step": step, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0]}
+                row.update({k: dist.mean(v) for k, v in logs.items()})
+                last_eval = dist.broadcast(evaluate_fn(model) if dist.is_main else None)
                 row.update({k: v for k, v in last_eval.items() if isinstance(v, int | float)})
                 curves.append(row)
                 log.info("step %d: %s", step, row)
-            if step < spec.steps and (
-                step % spec.checkpoint_every == 0 or stop.signal is not None or step >= stop_after
-            ):
-                save(step)
-            if step < spec.steps and (stop.signal is not None or step >= stop_after):
+            # Every rank must stop after the same step, whichever rank the signal reached.
+            stopping = dist.any(stop.signal is not None)
+            if step < spec.steps and (step % spec.checkpoint_every == 0 or stopping or step >= stop_after):
+                if dist.is_main:
+                    save(step)
+                dist.barrier()
+            if step < spec.steps and (stopping or step >= stop_after):
                 reason = f"signal {stop.signal}" if stop.signal is not None else "step limit of this call"
-                print(f"{run_dir}: stopped at step {step} ({reason}); checkpoint saved", file=sys.stderr)
+                if stopping and stop.signal is None:
+                    reason = "signal on another rank"
+                if dist.is_main:
+                    print(f"{run_dir}: stopped at step {step} ({reason}); checkpoint saved", file=sys.stderr)
                 return None
 
     # The last step is always evaluated for the curves; reuse it unless the run resumed at its very end.
-    metrics = dict(last_eval) if last_eval is not None else evaluate_fn(model)
+    if last_eval is None:
+        last_eval = dist.broadcast(evaluate_fn(model) if dist.is_main else None)
+    metrics = dict(last_eval)
     metrics["steps"] = spec.steps
     log.info("%s: %d steps in %.1f s this call", run_dir, step - start, time.perf_counter() - started)
     if final_metrics is not None:
         metrics = final_metrics(metrics)
-    atomic_torch_save({"model": model.state_dict(), "run_digest": run_digest}, run_dir / "model.pt")
-    atomic_write_text(run_dir / "curves.csv", _curves_csv(curves))
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    checkpoint_path.unlink(missing_ok=True)
+    if dist.is_main:
+        atomic_torch_save({"model": model.state_dict(), "run_digest": run_digest}, run_dir / "model.pt")
+        atomic_write_text(run_dir / "curves.csv", _curves_csv(curves))
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        checkpoint_path.unlink(missing_ok=True)
+    dist.barrier()
     return metrics
