@@ -9,32 +9,10 @@ import sys
 from pathlib import Path
 
 
-def _cmd_world(args: argparse.Namespace) -> int:
-    from geosem.sources.synthetic import DrivingWorldConfig, write_driving_world
+def _cmd_data(args: argparse.Namespace) -> int:
+    from geosem.sources.__main__ import main as sources_main
 
-    config = DrivingWorldConfig(
-        seed=args.seed, sequences=args.sequences, frames=args.frames, height=args.height, width=args.width
-    )
-    write_driving_world(config, Path(args.out))
-    return 0
-
-
-def _cmd_convert(args: argparse.Namespace) -> int:
-    from geosem.shards import verify_shards
-    from geosem.sources import convert
-
-    out = convert(
-        args.dataset,
-        Path(args.raw),
-        Path(args.out),
-        height=args.height,
-        width=args.width,
-        test_sequences=args.test_sequences,
-        samples_per_part=args.samples_per_part,
-    )
-    count = verify_shards(out)
-    print(f"wrote {count} samples to {out}")
-    return 0
+    return int(sources_main(args.rest) or 0)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -65,16 +43,32 @@ def _cmd_write_run(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace, kind: str) -> int:
     from geosem.studies.plan import read_run_snapshot
+    from geosem.train.distributed import Distributed, default_procs, launch
     from geosem.train.jobs import run_job
     from geosem.train.loop import EXIT_RESUMABLE
 
     run = read_run_snapshot(Path(args.run))
     if run["kind"] != kind:
         raise SystemExit(f"{args.run} is a {run['kind']} run, not {kind}")
-    result = run_job(Path(args.run), threads=args.threads, max_steps_this_call=args.max_steps)
+    dist = Distributed.from_env()
+    if not dist.active:
+        procs = default_procs() if args.procs is None else args.procs
+        if procs > 1:
+            # This process only launches and supervises; each worker gets its share of the threads.
+            worker = [kind, "--run", args.run, "--threads", str(max(1, args.threads // procs))]
+            if args.max_steps is not None:
+                worker += ["--max-steps", str(args.max_steps)]
+            return launch(["-v", *worker] if args.verbose else worker, procs)
+    elif not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress for all ranks
+    try:
+        result = run_job(Path(args.run), threads=args.threads, max_steps_this_call=args.max_steps, dist=dist)
+    finally:
+        dist.close()
     if result is None:
         return EXIT_RESUMABLE
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
+    if dist.is_main:
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
     return 0
 
 
@@ -100,24 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    world = sub.add_parser("world", help="render the embedded synthetic driving world to raw files")
-    world.add_argument("--out", required=True)
-    world.add_argument("--seed", type=int, required=True)
-    world.add_argument("--sequences", type=int, required=True)
-    world.add_argument("--frames", type=int, required=True)
-    world.add_argument("--height", type=int, required=True)
-    world.add_argument("--width", type=int, required=True)
-    world.set_defaults(func=_cmd_world)
-
-    conv = sub.add_parser("convert", help="convert a raw dataset into a shard set (then verify it)")
-    conv.add_argument("--dataset", required=True)
-    conv.add_argument("--raw", required=True)
-    conv.add_argument("--out", required=True)
-    conv.add_argument("--height", type=int, required=True)
-    conv.add_argument("--width", type=int, required=True)
-    conv.add_argument("--test-sequences", type=int, required=True)
-    conv.add_argument("--samples-per-part", type=int, default=256)
-    conv.set_defaults(func=_cmd_convert)
+    # World generation and conversion steps live in geosem.sources (one job per drive, room batch or
+    # shard set); `geosem data ...` is the same command line as `python -m geosem.sources ...`.
+    data = sub.add_parser(
+        "data", help="world generation and conversion (see `geosem data --help`)", add_help=False
+    )
+    data.add_argument("rest", nargs=argparse.REMAINDER)
+    data.set_defaults(func=_cmd_data)
 
     verify = sub.add_parser("verify", help="check shard sets against their manifests (exit 1 on mismatch)")
     verify.add_argument("shard_dirs", nargs="+")
@@ -135,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         job.add_argument("--threads", type=int, default=1)
         job.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps")
+        job.add_argument(
+            "--procs",
+            type=int,
+            default=None,
+            help="data-parallel processes (default: one per visible GPU, 1 without GPUs; gloo on CPUs)",
+        )
         job.set_defaults(func=lambda a, k=kind: _cmd_train(a, k))
 
     agg = sub.add_parser("aggregate", help="aggregate a study's finished fine-tunes into tables and plots")
@@ -150,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:  # hand everything after `data` (including --help) to geosem.sources
+        from geosem.sources.__main__ import main as sources_main
+
+        return int(sources_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

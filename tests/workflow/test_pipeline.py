@@ -90,7 +90,15 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_dry_run_prints_the_plan(finished_run: tuple[Path, str]) -> None:
     _, output = finished_run
     counts = job_counts(output)
-    assert counts["world"] == 1 and counts["shards"] == 1
+    # World generation is parallel by sequence: one job per drive (2 training + 1 held out), per
+    # calibration date, per batch of rooms; then one conversion per shard set (4: the study's + 3 extra).
+    assert (
+        counts["driving_drive"] == 3
+        and counts["driving_calibration"] == 2
+        and counts["driving_semantics"] == 1
+    )
+    assert counts["indoor_batch"] == 2 and counts["indoor_files"] == 1
+    assert counts["ade_world"] == 1 and counts["sun_world"] == 1 and counts["shards"] == 4
     assert counts["pretrain"] == 1  # one depth pre-training shared by both depth-init seeds
     assert counts["finetune"] == 4 and counts["run_snapshot"] == 5 and counts["aggregate"] == 1
 
@@ -123,15 +131,27 @@ def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None
 
 def test_verify_passes_on_the_pipeline_shards(finished_run: tuple[Path, str]) -> None:
     workdir, _ = finished_run
+    sets = [
+        "shards/synth_driving/64x96",
+        "shards/synth_indoor/32x48",
+        "shards/synth_ade/32x32",
+        "shards/synth_sun/32x32",
+    ]
     result = subprocess.run(
-        [Path(sys.executable).parent / "geosem", "verify", "shards/synth_driving/64x96"],
+        [Path(sys.executable).parent / "geosem", "verify", *sets],
         cwd=workdir,
         capture_output=True,
         text=True,
         env=_env(),
     )
     assert result.returncode == 0, result.stderr
-    assert "12 samples match" in result.stdout
+    # 2 training drives x 4 frames + 4 labelled frames; 2 rooms x 2 frames; 4 ADE and 4 SUN images.
+    assert "synth_driving/64x96: 12 samples match" in result.stdout
+    assert "synth_indoor/32x48: 4 samples match" in result.stdout
+    manifest = json.loads((workdir / "shards" / "synth_driving" / "64x96" / "manifest.json").read_text())
+    assert manifest["source_version"].startswith("geosem.sources.synthetic.driving:driving-v2+")
+    assert (workdir / "raw" / "synth_driving" / "raw_data" / "2011_09_26" / "calib_cam_to_cam.txt").is_file()
+    assert not (workdir / "raw" / "synth_indoor_batches").exists()  # temporary batches are gone
 
 
 def test_dvc_metrics_show_lists_the_study_metrics(finished_run: tuple[Path, str]) -> None:
@@ -162,7 +182,7 @@ def test_second_dry_run_has_nothing_to_do(finished_run: tuple[Path, str]) -> Non
 def test_a_finetune_edit_reruns_exactly_the_finetunes_and_aggregation(finished_run: tuple[Path, str]) -> None:
     workdir, _ = finished_run
     untouched = [
-        workdir / "raw" / "synth_driving" / "world.json",
+        workdir / "raw" / "synth_driving" / "geosem_world.json",
         workdir / "shards" / "synth_driving" / "64x96" / "manifest.json",
         workdir / "runs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-s0" / "model.pt",
     ]
