@@ -190,7 +190,7 @@ def slurm_grid(
     signalled = cancelled = None
     while run.running():
         if signalled is None and checkpoint.exists():
-            signalled = next(iter(running_jobs("pretrain")), None)
+            signalled = next(iter(running_jobs("pretrain", PRETRAIN_ID)), None)
             if signalled is not None:
                 # Without --batch/--full scancel signals the job step, not the batch shell: the same
                 # processes as the --signal=TERM@<s> the training rules give sbatch.
