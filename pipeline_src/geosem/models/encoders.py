@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from geosem.models.vit import ViTEncoder
 
 # ImageNet statistics, applied inside the model so that a random and an ImageNet init see the same input
 # normalisation (the seed code of study A normalised twice for ImageNet inits: protocols.md 1.5).
@@ -63,10 +67,18 @@ def resolve_imagenet_weights(name: str, configured: dict[str, str] | None = None
     )
 
 
-def create_encoder(name: str, pretrained: bool = False, weights_file: Path | str | None = None) -> Encoder:
-    """Build an encoder by timm name; ``pretrained=True`` loads ImageNet weights from a local file only."""
+def create_encoder(
+    name: str, pretrained: bool = False, weights_file: Path | str | None = None
+) -> Encoder | ViTEncoder:
+    """Build an encoder by timm name; ``pretrained=True`` loads ImageNet weights from a local file only.
+
+    A plain ViT name (``geosem.models.vit.is_vit``) gives a ``ViTEncoder`` (token maps of four blocks for
+    the DPT decoder), any other timm name a feature-pyramid ``Encoder``."""
+    from geosem.models.vit import ViTEncoder, is_vit  # vit imports this module's constants
+
     if name not in timm.list_models():
         raise KeyError(f"unknown encoder {name!r}: not a timm model name")
-    return Encoder(
-        name, pretrained=pretrained, weights_file=None if weights_file is None else Path(weights_file)
-    )
+    file = None if weights_file is None else Path(weights_file)
+    if is_vit(name):
+        return ViTEncoder(name, pretrained=pretrained, weights_file=file)
+    return Encoder(name, pretrained=pretrained, weights_file=file)

@@ -16,6 +16,7 @@ from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
 from geosem.models.encoders import IMAGENET_MEAN, IMAGENET_STD, resolve_imagenet_weights
+from geosem.models.vit import is_vit
 
 
 class PoseNet(nn.Module):
@@ -26,6 +27,9 @@ class PoseNet(nn.Module):
         if pretrained and weights_file is None:
             weights_file = resolve_imagenet_weights(encoder)  # a local file, never a download
         overlay = {"file": str(weights_file)} if pretrained else None
+        # A ViT depth encoder gets a ViT pose encoder (its last block's tokens as a map, via timm's
+        # feature getter); dynamic_img_size lets it take the training resolution instead of 224x224.
+        vit = {"dynamic_img_size": True} if is_vit(encoder) else {}
         self.body = timm.create_model(
             encoder,
             features_only=True,
@@ -33,6 +37,7 @@ class PoseNet(nn.Module):
             out_indices=(-1,),
             pretrained=pretrained,
             pretrained_cfg_overlay=overlay,
+            **vit,
         )
         channels = self.body.feature_info.channels()[-1]
         self.decoder = nn.Sequential(

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from geosem.geometry.warp import flow_from_depth_pose, warp_with_flow
-from geosem.models.decoders import MultiScaleDecoder
-from geosem.models.dense import DenseModel
+from geosem.models.dense import DenseModel, decoder_for
 from geosem.shards.reader import ShardSet
 from geosem.tasks import register_task
 from geosem.tasks.base import Task, horizontal_flip, iterate_batches
@@ -39,7 +38,9 @@ class SiameseFlowModel(nn.Module):
     def __init__(self, dense: DenseModel) -> None:
         super().__init__()
         self.encoder = dense.encoder
-        self.decoder = MultiScaleDecoder([2 * c for c in dense.encoder.channels], dense.decoder.channels)
+        self.decoder = decoder_for(
+            dense.encoder, dense.decoder.channels, [2 * c for c in dense.encoder.channels]
+        )
         self.heads = dense.heads
 
     def forward(self, image: torch.Tensor, other: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -68,7 +69,7 @@ class Flow(Task):
     def transfer_model(self, model: nn.Module) -> DenseModel:
         dense = DenseModel(
             model.encoder,
-            MultiScaleDecoder(model.encoder.channels, model.decoder.channels),
+            decoder_for(model.encoder, model.decoder.channels),
             2,
             DEPTH_SCALES,
         )
