@@ -6,6 +6,7 @@ workflow reach every dataset the same way: ``geosem convert --dataset NAME``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,4 +44,17 @@ def _load_builtin() -> None:
 
 
 def convert(name: str, raw_dir: Path, out_dir: Path, **parameters: Any) -> Path:
-    return get_converter(name)(Path(raw_dir), Path(out_dir), **parameters)
+    """Run converter ``name``; a parameter it does not take is an error that names the converter.
+
+    ``label_interpolation`` (only ``kitti`` takes it: the legacy protocol's bicubic labels) may be given
+    to every converter, as the workflow does: the others always resize labels NEAREST, so ``nearest`` is
+    what they do anyway and is dropped, while ``bicubic`` is refused.
+    """
+    converter = get_converter(name)
+    accepted = inspect.signature(converter).parameters
+    if "label_interpolation" not in accepted and parameters.get("label_interpolation") == "nearest":
+        parameters = {k: v for k, v in parameters.items() if k != "label_interpolation"}
+    unknown = sorted(set(parameters) - set(accepted))
+    if unknown:
+        raise TypeError(f"converter {name!r} takes no parameter(s) {unknown}")
+    return converter(Path(raw_dir), Path(out_dir), **parameters)

@@ -10,6 +10,7 @@ config edit changes the job's parameters and Snakemake reruns exactly the jobs i
     python -m geosem.sources indoor-files      --config JSON --root DIR --batches FILE ...
     python -m geosem.sources ade|sun           --config JSON --root DIR
     python -m geosem.sources convert --converter NAME --dataset NAME --raw DIR --out DIR --height H --width W
+                                     [--label-interpolation nearest|bicubic]
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def _cmd_convert(args: argparse.Namespace) -> None:
     from geosem.shards import verify_shards
     from geosem.sources import convert
 
+    # Passed only when given; convert() accepts "nearest" for every converter, "bicubic" only for kitti.
+    extra = {} if args.label_interpolation is None else {"label_interpolation": args.label_interpolation}
     out = convert(
         args.converter,
         Path(args.raw),
@@ -98,6 +101,7 @@ def _cmd_convert(args: argparse.Namespace) -> None:
         width=args.width,
         dataset=args.dataset,
         samples_per_part=args.samples_per_part,
+        **extra,
     )
     print(f"wrote {verify_shards(out)} samples to {out}")
 
@@ -131,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--height", type=int, required=True)
     conv.add_argument("--width", type=int, required=True)
     conv.add_argument("--samples-per-part", type=int, default=256)
+    conv.add_argument(
+        "--label-interpolation",
+        choices=("nearest", "bicubic"),
+        default=None,
+        help="how labels are resized: nearest (default, every converter) or bicubic (kitti only: study "
+        "A's published code, for the legacy protocol); kitti records it in the manifest",
+    )
     conv.set_defaults(func=_cmd_convert)
     return parser
 

@@ -40,6 +40,35 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+LABEL_INTERPOLATIONS = ("nearest", "bicubic")
+
+
+def resize_label_ids(
+    ids: np.ndarray, to_train_id: np.ndarray, height: int, width: int, interpolation: str = "nearest"
+) -> np.ndarray:
+    """Map dataset label ids to train ids with the lookup table ``to_train_id`` and resize to the stored
+    size.
+
+    ``nearest`` (default): map, then NEAREST resize; no id is ever invented. ``bicubic`` reproduces
+    study A's published code for the legacy protocol (protocols.md 1.7): PIL ``Image.resize`` of the
+    8-bit label-id image with BICUBIC (current Pillow's default filter for mode "L", which the seed code
+    relied on), *then* the mapping. Interpolated boundary values become other, wrong classes or ignore,
+    exactly as there. Never use it for anything but that comparison.
+    """
+    if interpolation == "nearest":
+        return resize_nearest(to_train_id[ids], height, width)
+    if interpolation != "bicubic":
+        raise ValueError(f"unknown label interpolation {interpolation!r}; known: {LABEL_INTERPOLATIONS}")
+    from PIL import Image  # only the legacy path needs Pillow
+
+    if ids.ndim != 2 or ids.min() < 0 or ids.max() > 255:
+        raise ValueError(f"bicubic label resizing needs one channel of 8-bit ids, got shape {ids.shape}")
+    image = Image.fromarray(ids.astype(np.uint8))  # 2-D uint8 -> mode "L", as the seed code's convert("L")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    return to_train_id[np.asarray(image, dtype=np.uint8)]
+
+
 def resize_flow(flow: np.ndarray, height: int, width: int) -> np.ndarray:
     """Flow (H,W,2) in pixels: sampled NEAREST (no averaging across motion boundaries), vectors scaled."""
     if flow.shape[:2] == (height, width):

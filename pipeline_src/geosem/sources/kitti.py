@@ -48,11 +48,13 @@ from geosem.labelspaces import cityscapes_id_to_train_id
 from geosem.shards.writer import ShardWriter
 from geosem.sources import register_converter
 from geosem.sources.common import (
+    LABEL_INTERPOLATIONS,
     check_label_values,
     read_image,
     read_rgb,
     resize_flow,
     resize_image,
+    resize_label_ids,
     resize_nearest,
     source_version,
 )
@@ -277,9 +279,18 @@ def _depth_path(root: Path, drive: Drive, frame: int) -> Path | None:
 class _DriveReader:
     """Per-drive state: calibration, poses, and the fields of one frame at the stored size."""
 
-    def __init__(self, root: Path, drive: Drive, calib: DateCalibration, height: int, width: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        drive: Drive,
+        calib: DateCalibration,
+        height: int,
+        width: int,
+        label_interpolation: str = "nearest",
+    ) -> None:
         self.root, self.drive, self.calib = root, drive, calib
         self.height, self.width = height, width
+        self.label_interpolation = label_interpolation
         self.frames = drive.frames()
         packets = [read_oxts(drive.path / "oxts" / "data" / f"{f:010d}.txt") for f in self.frames]
         world_from_cam = oxts_world_from_imu(packets) @ np.linalg.inv(calib.cam2_from_imu)
@@ -324,7 +335,7 @@ class _DriveReader:
         if ids.ndim != 2:
             raise ValueError(f"{path} has shape {ids.shape}: Cityscapes label ids are one channel")
         check_label_values(ids, 33, path)
-        return resize_nearest(_ID_TO_TRAIN[ids], self.height, self.width)
+        return resize_label_ids(ids, _ID_TO_TRAIN, self.height, self.width, self.label_interpolation)
 
 
 @register_converter("kitti")
@@ -337,8 +348,18 @@ def convert_kitti(
     dataset: str = "kitti",
     samples_per_part: int = 256,
     progress: bool = True,
+    label_interpolation: str = "nearest",
 ) -> Path:
-    """Convert a KITTI tree (real or the synthetic world's) into the shard set ``out_dir``."""
+    """Convert a KITTI tree (real or the synthetic world's) into the shard set ``out_dir``.
+
+    ``label_interpolation``: ``nearest`` (default) or ``bicubic``, the seed code's label resizing that
+    only the legacy protocol of study A uses (``geosem.sources.common.resize_label_ids``). It applies to
+    every label of the set and is recorded in the manifest's parameters.
+    """
+    if label_interpolation not in LABEL_INTERPOLATIONS:
+        raise ValueError(
+            f"unknown label_interpolation {label_interpolation!r}; known: {LABEL_INTERPOLATIONS}"
+        )
     root = Path(raw_dir)
     drives = find_drives(root)
     semantics = root / "data_semantics" / "training"
@@ -356,9 +377,9 @@ def convert_kitti(
     def reader(drive: Drive) -> _DriveReader:
         if drive.date not in calibrations:
             calibrations[drive.date] = read_date_calibration(drive.path.parent)
-        return _DriveReader(root, drive, calibrations[drive.date], height, width)
+        return _DriveReader(root, drive, calibrations[drive.date], height, width, label_interpolation)
 
-    parameters = {"height": height, "width": width}
+    parameters = {"height": height, "width": width, "label_interpolation": label_interpolation}
     with ShardWriter(
         out_dir,
         dataset=dataset,
@@ -420,7 +441,7 @@ def convert_kitti(
                 )
             ids = read_image(label_path)
             check_label_values(ids, 33, label_path)
-            arrays["label"] = resize_nearest(_ID_TO_TRAIN[ids], height, width)
+            arrays["label"] = resize_label_ids(ids, _ID_TO_TRAIN, height, width, label_interpolation)
             writer.add(arrays, meta)
         bar.update(1)
         bar.close()

@@ -31,11 +31,55 @@ def few_shot_subset(pool: list[str], size: int, seed: int) -> list[str]:
     return [pool[i] for i in sorted(chosen)]
 
 
+SPLIT_RULES = ("heldout", "legacy")
+
+
+def legacy_split(labelled: list[str], size: int, run_id: str) -> tuple[list[str], list[str]]:
+    """Study A's published split (legacy protocol): train on the first ``size`` images of the labelled
+    set in index order, test on the rest, so the test set changes with N (protocols.md 1.2)."""
+    if size <= 0 or size >= len(labelled):
+        what = " (all)" if size <= 0 else ""
+        raise ValueError(
+            f"run {run_id!r}: data.split_rule 'legacy' trains on the first train_size images of the "
+            f"{len(labelled)} labelled ones and tests on the rest, so train_size {size}{what} leaves "
+            "no test set; choose a train_size below the labelled set's size or split_rule 'heldout'"
+        )
+    return labelled[:size], labelled[size:]
+
+
+def split_ids(shards: ShardSet, run: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(training ids, test ids) of a run under its ``data.split_rule``.
+
+    ``heldout`` (default): pre-training uses the whole train split, fine-tuning a seeded few-shot subset
+    of it (``few_shot_subset``); the test set is the held-out test split, the same for every N.
+    ``legacy`` (fine-tuning only): ``legacy_split`` of the test split. ``test_stride`` thins the test ids
+    under both rules.
+    """
+    data, run_id = run["data"], run["run_id"]
+    rule = data.get("split_rule", "heldout")
+    if rule not in SPLIT_RULES:
+        raise ValueError(f"run {run_id!r}: unknown data.split_rule {rule!r}; known: {SPLIT_RULES}")
+    labelled = shards.ids(data["test_split"])
+    if not labelled:
+        raise ValueError(f"{shards.root}: split {data['test_split']!r} is empty")
+    if run["kind"] == "pretrain":
+        if rule != "heldout":
+            raise ValueError(f"run {run_id!r}: data.split_rule {rule!r} applies to fine-tuning only")
+        train_ids, test = shards.ids(data["train_split"]), labelled
+    elif run["kind"] == "finetune":
+        if rule == "legacy":
+            train_ids, test = legacy_split(labelled, data["train_size"], run_id)
+        else:
+            train_ids = few_shot_subset(shards.ids(data["train_split"]), data["train_size"], run["seed"])
+            test = labelled
+    else:
+        raise ValueError(f"run {run_id!r}: unknown run kind {run['kind']!r}")
+    return train_ids, test[:: data["test_stride"]]
+
+
 def test_ids(shards: ShardSet, run: dict[str, Any]) -> list[str]:
-    ids = shards.ids(run["data"]["test_split"])
-    if not ids:
-        raise ValueError(f"{shards.root}: split {run['data']['test_split']!r} is empty")
-    return ids[:: run["data"]["test_stride"]]
+    """The ids a run is evaluated on (see ``split_ids``)."""
+    return split_ids(shards, run)[1]
 
 
 def _configure_threads(threads: int) -> None:
@@ -64,15 +108,7 @@ def run_job(
     device = dist.device()
     task = get_task(run["task"]["name"])(run, device)
     shards = ShardSet(Path(run["data"]["shards"]))
-    evaluation_ids = test_ids(shards, run)
-    if run["kind"] == "pretrain":
-        train_ids = shards.ids(run["data"]["train_split"])
-    elif run["kind"] == "finetune":
-        train_ids = few_shot_subset(
-            shards.ids(run["data"]["train_split"]), run["data"]["train_size"], run["seed"]
-        )
-    else:
-        raise ValueError(f"{run_path}: unknown run kind {run['kind']!r}")
+    train_ids, evaluation_ids = split_ids(shards, run)
     overlap = set(train_ids) & set(evaluation_ids)
     if overlap:
         raise ValueError(f"{run_path}: {len(overlap)} samples are in both the training and the test split")

@@ -2,11 +2,13 @@
 
 One loop, many tasks: a task supplies the loss of a batch and an evaluation; the loop owns optimiser,
 schedule, step-indexed data order, periodic evaluation (the curves), checkpoints and exact resume.
+``LoopSpec.zero_grad`` False (study A's legacy protocol) lets gradients accumulate over all steps.
 
 Exact resume: the data order is a pure function of (seed, step) (``StepBatchSampler``), augmentation
 draws are seeded per sample draw, and the checkpoint holds model, optimiser, scheduler, RNG states, step
-and the curve rows so far. A resumed run therefore continues the very sequence of updates an uninterrupted
-run makes. A checkpoint written for a different run snapshot is refused, never silently resumed.
+and the curve rows so far, plus the accumulated gradients when ``zero_grad`` is off. A resumed run
+therefore continues the very sequence of updates an uninterrupted run makes. A checkpoint written for a
+different run snapshot is refused, never silently resumed.
 """
 
 from __future__ import annotations
@@ -30,9 +32,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from geosem.atomic import atomic_write_json, atomic_write_text
-from geosem.train.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from geosem.train.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_torch_save,
+    capture_gradients,
+    load_checkpoint,
+    restore_gradients,
+)
 from geosem.train.distributed import Distributed
 from geosem.train.seeding import capture_rng_state, restore_rng_state
+from geosem.train.steplog import StepLog
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,10 @@ class LoopSpec:
     checkpoint_every: int
     seed: int
     num_workers: int = 0
+    # False reproduces study A's published code, which never calls ``optimizer.zero_grad()``: every step
+    # adds its gradient to the sum of all earlier ones (protocols.md 1.7). The accumulated ``.grad``
+    # buffers are then training state and go into the checkpoint.
+    zero_grad: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], seed: int) -> LoopSpec:
@@ -195,6 +208,8 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             restore_rng_state(state["rng"])
+            if "gradients" in state:
+                restore_gradients(model, state["gradients"])
             curves = state["curves"]
             start = state["step"]
             print(f"resuming {run_dir} from step {start}", file=sys.stderr)
@@ -209,10 +224,15 @@ def train(
                 "scheduler": scheduler.state_dict(),
                 "rng": capture_rng_state(),
                 "curves": curves,
+                # Without zero_grad the next step adds to these sums: resuming without them would not
+                # continue the same sequence of updates.
+                **({} if spec.zero_grad else {"gradients": capture_gradients(model)}),
             },
             checkpoint_path,
         )
 
+    # Every step's scalars (dvclive), for every task; rows a killed attempt wrote after `start` are cut.
+    step_log = StepLog(run_dir, start, enabled=dist.is_main)
     sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, start, spec.steps, dist)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate)
     # After the checkpoint is loaded: DDP broadcasts rank 0's weights when it wraps the model.
@@ -235,7 +255,8 @@ def train(
         for batch in loader:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
             model.train()
-            optimizer.zero_grad(set_to_none=True)
+            if spec.zero_grad:
+                optimizer.zero_grad(set_to_none=True)
             loss, logs = loss_fn(net, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{run_dir}: loss is {loss.item()} at step {step}")
@@ -246,12 +267,17 @@ def train(
             loss_value = dist.mean(float(loss.item()))  # the global batch's loss
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            step_log.log(
+                step, {"loss": loss_value, "lr": scheduler.get_last_lr()[0], **logs}, prefix="train/"
+            )
             if step % spec.eval_every == 0 or step == spec.steps:
                 row = {"step": step, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0]}
                 row.update({k: dist.mean(v) for k, v in logs.items()})
                 last_eval = dist.broadcast(evaluate_fn(model) if dist.is_main else None)
                 row.update({k: v for k, v in last_eval.items() if isinstance(v, int | float)})
                 curves.append(row)
+                step_log.log(step, last_eval, prefix="test/")
+                step_log.summary()
                 log.info("step %d: %s", step, row)
             # Every rank must stop after the same step, whichever rank the signal reached.
             stopping = dist.any(stop.signal is not None)
@@ -265,6 +291,7 @@ def train(
                     reason = "signal on another rank"
                 if dist.is_main:
                     print(f"{run_dir}: stopped at step {step} ({reason}); checkpoint saved", file=sys.stderr)
+                step_log.close()
                 return None
 
     # The last step is always evaluated for the curves; reuse it unless the run resumed at its very end.
@@ -275,6 +302,7 @@ def train(
     log.info("%s: %d steps in %.1f s this call", run_dir, step - start, time.perf_counter() - started)
     if final_metrics is not None:
         metrics = final_metrics(metrics)
+    step_log.close()
     if dist.is_main:
         atomic_torch_save({"model": model.state_dict(), "run_digest": run_digest}, run_dir / "model.pt")
         atomic_write_text(run_dir / "curves.csv", _curves_csv(curves))
