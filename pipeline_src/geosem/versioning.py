@@ -59,3 +59,44 @@ def push(root: Path, targets: Sequence[str] = (), remote: str | None = None) -> 
 
 def pull(root: Path, targets: Sequence[str] = (), remote: str | None = None) -> str:
     return _dvc(["pull", *(["--remote", remote] if remote else []), *targets], cwd=Path(root))
+
+
+def status(root: Path, targets: Sequence[str] = ()) -> str:
+    """``dvc status`` of ``targets``: what differs between the workspace, the .dvc files and the cache."""
+    return _dvc(["status", *targets], cwd=Path(root))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m geosem.versioning add|push|pull|status``; the workflow's versioning rule calls ``add``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="geosem version", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add = sub.add_parser("add", help="dvc add raw datasets and shard sets (writes PATH.dvc next to each)")
+    add.add_argument("paths", nargs="+")
+    add.add_argument("--push", action="store_true", help="dvc push what was added")
+    add.add_argument("--remote", default=None, help="DVC remote to push to (default: DVC's default remote)")
+    for name in ("push", "pull", "status"):
+        cmd = sub.add_parser(name, help=f"dvc {name} (all tracked data, or the given .dvc targets)")
+        cmd.add_argument("targets", nargs="*")
+        if name != "status":
+            cmd.add_argument("--remote", default=None)
+    args = parser.parse_args(argv)
+    root = find_dvc_root(Path.cwd())
+    if args.command == "add":
+        dvc_files = track([Path(p) for p in args.paths], root)
+        for dvc_file in dvc_files:
+            print(dvc_file.relative_to(root))
+        if args.push:
+            print(push(root, [str(f.relative_to(root)) for f in dvc_files], args.remote))
+    elif args.command == "push":
+        print(push(root, args.targets, args.remote))
+    elif args.command == "pull":
+        print(pull(root, args.targets, args.remote))
+    else:
+        print(status(root, args.targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

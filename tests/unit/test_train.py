@@ -183,3 +183,25 @@ def test_encoder_only_mode_starts_from_a_fresh_decoder(tiny_shards: Path, tmp_pa
         assert all(torch.equal(state[k], start[k]) for k in start if k.startswith("encoder."))
         same_decoder = all(torch.equal(state[k], start[k]) for k in start if k.startswith("decoder."))
         assert same_decoder == decoder_is_pretrained, mode
+
+
+def test_every_step_is_logged_once_through_dvclive_also_across_a_kill(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    from geosem.train.steplog import read_step_log
+
+    snap = _snapshot(tiny_shards, "finetune", "seg", 5, task=SEG_TASK, init={"name": "random"})
+    whole = _write(tmp_path / "whole", snap)
+    run_job(whole, threads=2)
+    losses = read_step_log(whole.parent, "train/loss")
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5]
+    assert [step for step, _ in read_step_log(whole.parent, "test/test_miou")] == [2, 4, 5]
+    assert [step for step, _ in read_step_log(whole.parent, "train/lr")] == [1, 2, 3, 4, 5]
+
+    split = _write(tmp_path / "split", snap)
+    assert run_job(split, threads=2, max_steps_this_call=3) is None  # checkpoint at step 3
+    # A killed attempt would have logged steps past its checkpoint before dying; the resume replays them.
+    loss_tsv = split.parent / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"
+    loss_tsv.write_text(loss_tsv.read_text() + "4\t99.0\n5\t99.0\n")
+    run_job(split, threads=2)
+    assert read_step_log(split.parent, "train/loss") == losses

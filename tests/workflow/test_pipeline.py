@@ -76,6 +76,17 @@ def make_workdir(root: Path) -> Path:
     shutil.copy2(
         REPO / "tests" / "config" / "studies" / "tiny.yaml", workdir / "config" / "studies" / "tiny.yaml"
     )
+    # A git + DVC repository like a user's checkout (the workflow dvc-adds its data): the project's
+    # .gitignore, and a local DVC remote beside it.
+    shutil.copy2(REPO / ".gitignore", workdir / ".gitignore")
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "test@geosem"],
+        ["git", "config", "user.name", "test"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "store", str(root / "dvc-store")],
+    ):
+        subprocess.run(command, cwd=workdir, check=True, env=_env(), capture_output=True)
     return workdir
 
 
@@ -101,6 +112,8 @@ def test_dry_run_prints_the_plan(finished_run: tuple[Path, str]) -> None:
     assert counts["ade_world"] == 1 and counts["sun_world"] == 1 and counts["shards"] == 4
     assert counts["pretrain"] == 1  # one depth pre-training shared by both depth-init seeds
     assert counts["finetune"] == 4 and counts["run_snapshot"] == 5 and counts["aggregate"] == 1
+    # The study's figures (tests/config/studies/tiny.yaml) and one DVC tracking job for all data.
+    assert counts["plot_sizes"] == 1 and counts["gradcam"] == 1 and counts["version_data"] == 1
 
 
 def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None:
@@ -117,14 +130,15 @@ def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None
     assert (workdir / "results" / "plots" / "tiny_curves.png").stat().st_size > 1000
     snapshot = yaml.safe_load(
         (
-            workdir / "runs/finetune/seg-depth_supervised-all-resnet18-synth_driving-64x96-n4-s1/run.yaml"
+            workdir
+            / "runs/finetune/seg-depth_supervised-all-resnet18-synth_driving-64x96-v2-p4-n4-s1/run.yaml"
         ).read_text()
     )
-    assert snapshot["init"]["run_id"] == "depth_supervised-resnet18-synth_driving-64x96-s0"
+    assert snapshot["init"]["run_id"] == "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
     # A finished run keeps no checkpoint, and training logs carry a progress bar.
     assert not list((workdir / "runs").rglob("checkpoint.pt"))
     pretrain_log = (
-        workdir / "logs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-s0.log"
+        workdir / "logs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0.log"
     ).read_text()
     assert "3/3 [" in pretrain_log
 
@@ -132,10 +146,10 @@ def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None
 def test_verify_passes_on_the_pipeline_shards(finished_run: tuple[Path, str]) -> None:
     workdir, _ = finished_run
     sets = [
-        "shards/synth_driving/64x96",
-        "shards/synth_indoor/32x48",
-        "shards/synth_ade/32x32",
-        "shards/synth_sun/32x32",
+        "shards/synth_driving/64x96-v2-p4",
+        "shards/synth_indoor/32x48-v1-p4",
+        "shards/synth_ade/32x32-v1-p4",
+        "shards/synth_sun/32x32-v1-p4",
     ]
     result = subprocess.run(
         [Path(sys.executable).parent / "geosem", "verify", *sets],
@@ -146,9 +160,11 @@ def test_verify_passes_on_the_pipeline_shards(finished_run: tuple[Path, str]) ->
     )
     assert result.returncode == 0, result.stderr
     # 2 training drives x 4 frames + 4 labelled frames; 2 rooms x 2 frames; 4 ADE and 4 SUN images.
-    assert "synth_driving/64x96: 12 samples match" in result.stdout
-    assert "synth_indoor/32x48: 4 samples match" in result.stdout
-    manifest = json.loads((workdir / "shards" / "synth_driving" / "64x96" / "manifest.json").read_text())
+    assert "synth_driving/64x96-v2-p4: 12 samples match" in result.stdout
+    assert "synth_indoor/32x48-v1-p4: 4 samples match" in result.stdout
+    manifest = json.loads(
+        (workdir / "shards" / "synth_driving" / "64x96-v2-p4" / "manifest.json").read_text()
+    )
     assert manifest["source_version"].startswith("geosem.sources.synthetic.driving:driving-v2+")
     assert (workdir / "raw" / "synth_driving" / "raw_data" / "2011_09_26" / "calib_cam_to_cam.txt").is_file()
     assert not (workdir / "raw" / "synth_indoor_batches").exists()  # temporary batches are gone
@@ -183,8 +199,8 @@ def test_a_finetune_edit_reruns_exactly_the_finetunes_and_aggregation(finished_r
     workdir, _ = finished_run
     untouched = [
         workdir / "raw" / "synth_driving" / "geosem_world.json",
-        workdir / "shards" / "synth_driving" / "64x96" / "manifest.json",
-        workdir / "runs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-s0" / "model.pt",
+        workdir / "shards" / "synth_driving" / "64x96-v2-p4" / "manifest.json",
+        workdir / "runs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0" / "model.pt",
     ]
     before = {path: path.stat().st_mtime_ns for path in untouched}
     config_path = workdir / "config" / "tiny.yaml"
@@ -194,7 +210,14 @@ def test_a_finetune_edit_reruns_exactly_the_finetunes_and_aggregation(finished_r
 
     plan = snakemake(workdir, "-n")
     counts = job_counts(plan.stdout + plan.stderr)
-    assert counts == {"run_snapshot": 4, "finetune": 4, "aggregate": 1, "all": 1}, plan.stdout
+    assert counts == {
+        "run_snapshot": 4,
+        "finetune": 4,
+        "aggregate": 1,
+        "plot_sizes": 1,
+        "gradcam": 1,
+        "all": 1,
+    }, plan.stdout
     snakemake(workdir)
     assert {path: path.stat().st_mtime_ns for path in untouched} == before
     assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake(workdir, "-n"))
@@ -210,3 +233,75 @@ def test_a_bad_config_stops_before_any_job_and_names_the_key(tmp_path: Path) -> 
         output
     )
     assert not (workdir / "raw").exists()
+
+
+def test_the_workflow_versions_its_data_and_a_pulled_clone_does_not_rebuild_it(
+    finished_run: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The run dvc-added every raw dataset and shard set; after commit + push, a fresh clone restores them
+    with `dvc pull`, byte for byte, and Snakemake neither re-renders, re-converts nor re-adds them (the new
+    timestamps DVC gives them do not count: ancient() inputs)."""
+    workdir, _ = finished_run
+    env = _env()
+    dvc_files = sorted(str(p.relative_to(workdir)) for p in workdir.glob("*/**/*.dvc"))
+    assert dvc_files == [
+        "raw/synth_ade.dvc",
+        "raw/synth_driving.dvc",
+        "raw/synth_indoor.dvc",
+        "raw/synth_sun.dvc",
+        "shards/synth_ade/32x32-v1-p4.dvc",
+        "shards/synth_driving/64x96-v2-p4.dvc",
+        "shards/synth_indoor/32x48-v1-p4.dvc",
+        "shards/synth_sun/32x32-v1-p4.dvc",
+    ]
+    for command in (["git", "add", "-A"], ["git", "commit", "-qm", "tiny run"]):
+        subprocess.run(command, cwd=workdir, check=True, env=env, capture_output=True)
+    tracked = subprocess.run(["git", "ls-files"], cwd=workdir, capture_output=True, text=True).stdout.split()
+    assert set(dvc_files) <= set(tracked)
+    assert not [path for path in tracked if path.endswith(".h5")], "shards must reach git only as .dvc files"
+    subprocess.run([sys.executable, "-m", "dvc", "push", "-q"], cwd=workdir, check=True, env=env)
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(workdir), str(clone)], check=True, env=env)
+    assert not (clone / "shards" / "synth_driving" / "64x96-v2-p4").exists()
+    pulled = subprocess.run(
+        [sys.executable, "-m", "dvc", "pull"], cwd=clone, capture_output=True, text=True, env=env
+    )
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    shard_set = Path("shards/synth_driving/64x96-v2-p4")
+    assert {p.name: p.read_bytes() for p in (clone / shard_set).iterdir()} == {
+        p.name: p.read_bytes() for p in (workdir / shard_set).iterdir()
+    }
+    verify = subprocess.run(
+        [Path(sys.executable).parent / "geosem", "verify", str(shard_set)],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert verify.returncode == 0, verify.stderr
+
+    plan = snakemake(clone, "-n")
+    counts = job_counts(plan.stdout + plan.stderr)
+    data_jobs = {"driving_drive", "driving_calibration", "driving_semantics", "indoor_batch", "indoor_files"}
+    data_jobs |= {"ade_world", "sun_world", "shards", "version_data"}
+    assert not data_jobs & set(counts), counts
+    assert counts["pretrain"] == 1 and counts["finetune"] == 4, counts  # runs are not versioned data
+
+
+def test_the_report_holds_the_table_values_and_the_figures(finished_run: tuple[Path, str]) -> None:
+    import base64
+
+    workdir, _ = finished_run
+    snakemake(workdir, "--report", "report.html")
+    html = (workdir / "report.html").read_text()
+    # The table is embedded as a base64 data URI of the CSV itself; its mIoU means must be in it.
+    encoded = re.findall(r"data:text/csv;charset=utf8;filename=tiny\.csv;base64,([A-Za-z0-9+/=]+)", html)
+    assert encoded, "results/tables/tiny.csv is not in the report"
+    embedded = base64.b64decode(encoded[0]).decode()
+    table = pd.read_csv(workdir / "results" / "tables" / "tiny.csv")
+    for value in table["miou_mean"]:
+        assert f"{value:.6f}" in embedded
+    for figure in ("tiny_curves.png", "tiny_sizes.png", "tiny_gradcam.png"):
+        assert figure in html, figure
+    assert "Grad-CAM of a shallow encoder layer" in html  # a caption from workflow/report/

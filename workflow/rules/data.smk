@@ -43,7 +43,8 @@ rule driving_drive:
 
 rule driving_semantics:
     input:
-        get_heldout_drives,
+        # ancient: after `dvc pull` the drives carry new timestamps; that must not rerun the world.
+        ancient(get_heldout_drives),
     output:
         directory(f"{RAW}/synth_driving/data_semantics"),
         f"{RAW}/synth_driving/devkit/mapping/train_mapping.txt",
@@ -77,7 +78,7 @@ rule indoor_batch:
 
 rule indoor_files:
     input:
-        get_indoor_batches,
+        ancient(get_indoor_batches),
     output:
         expand(f"{RAW}/synth_indoor/{{name}}", name=NYU_FILES),
     log:
@@ -126,7 +127,9 @@ rule sun_world:
 
 rule shards:
     input:
-        get_raw_files,
+        # ancient: a pulled raw dataset is newer than its pulled shards; only a real change (a new
+        # variant, a rerun world job) converts again.
+        ancient(get_raw_files),
     output:
         directory(f"{SHARDS}/{{dataset}}/{{variant}}"),
     log:
@@ -141,7 +144,8 @@ rule shards:
     shell:
         "python -m geosem.sources convert --converter {params.spec[converter]} --dataset {wildcards.dataset}"
         " --raw {params.raw} --out {output} --height {params.spec[height]} --width {params.spec[width]}"
-        " --samples-per-part {params.spec[samples_per_part]} > {log} 2>&1"
+        " --samples-per-part {params.spec[samples_per_part]}"
+        " --label-interpolation {params.spec[label_interpolation]} > {log} 2>&1"
 
 
 rule run_snapshot:

@@ -4,7 +4,7 @@
 rule finetune:
     input:
         run=f"{RUNS}/finetune/{{run_id}}/run.yaml",
-        shards=get_finetune_shards,
+        shards=ancient(get_finetune_shards),
         init=get_init_checkpoint,
     output:
         model=f"{RUNS}/finetune/{{run_id}}/model.pt",

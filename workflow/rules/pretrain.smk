@@ -5,7 +5,7 @@
 rule pretrain:
     input:
         run=f"{RUNS}/pretrain/{{run_id}}/run.yaml",
-        shards=get_pretrain_shards,
+        shards=ancient(get_pretrain_shards),  # pulled shards keep their runs (versioning.smk)
     output:
         model=f"{RUNS}/pretrain/{{run_id}}/model.pt",
         metrics=f"{RUNS}/pretrain/{{run_id}}/metrics.json",
