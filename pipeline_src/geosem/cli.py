@@ -83,9 +83,35 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
         metrics_path=Path(args.metrics),
         curves_plot=Path(args.plot),
         curves_csv=Path(args.curves_csv) if args.curves_csv else None,
+        labels=json.loads(args.labels),
+        unavailable=json.loads(args.unavailable),
     )
     print(Path(args.table_md).read_text())
     del table
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from geosem.aggregate.plots import plot_resolution, plot_sizes
+
+    table = pd.read_csv(args.table)
+    plotter = plot_sizes if args.kind == "sizes" else plot_resolution
+    plotter(table, Path(args.out), title=args.title, labels=json.loads(args.labels))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_gradcam(args: argparse.Namespace) -> int:
+    from geosem.analysis import gradcam_figure
+
+    figure = gradcam_figure(
+        [Path(p) for p in args.runs], Path(args.out), num_images=args.images, layer=args.layer
+    )
+    rows, cols = figure.grid
+    titles = ", ".join(title.replace("\n", " ") for title in figure.titles.values())
+    print(f"wrote {args.out}: {rows} test images x {cols} panels ({titles})")
     return 0
 
 
@@ -134,7 +160,39 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--metrics", required=True)
     agg.add_argument("--plot", required=True)
     agg.add_argument("--curves-csv", default=None)
+    agg.add_argument("--labels", default="{}", help="JSON: init -> row name in the table (the paper's names)")
+    agg.add_argument(
+        "--unavailable", default="[]", help="JSON list of {init, encoder, reason}: rows that cannot run here"
+    )
     agg.set_defaults(func=_cmd_aggregate)
+
+    plot = sub.add_parser(
+        "plot", help="a study's figures from its table csv: sizes (Fig. 3), resolution (Fig. 5)"
+    )
+    plot.add_argument("kind", choices=["sizes", "resolution"])
+    plot.add_argument("--table", required=True, help="results/tables/<study>.csv")
+    plot.add_argument("--out", required=True)
+    plot.add_argument("--labels", default="{}")
+    plot.add_argument("--title", default="")
+    plot.set_defaults(func=_cmd_plot)
+
+    version = sub.add_parser(
+        "version",
+        help="DVC versioning of data: add, push, pull, status (see `geosem version --help`)",
+        add_help=False,
+    )
+    version.add_argument("rest", nargs=argparse.REMAINDER)
+
+    gradcam = sub.add_parser(
+        "gradcam", help="Grad-CAM of a shallow encoder layer next to the predictions, one column pair per run"
+    )
+    gradcam.add_argument("--runs", nargs="+", required=True, help="fine-tuned segmentation run directories")
+    gradcam.add_argument("--out", required=True, help="output PNG")
+    gradcam.add_argument("--images", type=int, default=4, help="number of test images (rows)")
+    gradcam.add_argument(
+        "--layer", default=None, help="module name to visualise (default: the encoder's first stage, layer1)"
+    )
+    gradcam.set_defaults(func=_cmd_gradcam)
     return parser
 
 
@@ -144,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         from geosem.sources.__main__ import main as sources_main
 
         return int(sources_main(argv[1:]) or 0)
+    if argv[:1] == ["version"]:  # likewise `version` -> geosem.versioning
+        from geosem.versioning import main as versioning_main
+
+        return int(versioning_main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

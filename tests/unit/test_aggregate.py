@@ -12,19 +12,23 @@ import yaml
 from geosem.aggregate import aggregate_study
 
 
-def _fake_run(root: Path, init: str, seed: int, miou: float, pacc: float) -> Path:
-    run_dir = root / f"seg-{init}-s{seed}"
+def _fake_run(
+    root: Path, init: str, seed: int, miou: float, pacc: float, variant: str = "64x192-v2", pre: str = ""
+) -> Path:
+    run_dir = root / f"seg-{init}-{variant}-{pre}-s{seed}"
     run_dir.mkdir(parents=True)
     run = {
         "run_id": run_dir.name,
         "seed": seed,
-        "init": {"name": init},
+        "init": {"name": init, **({"variant": pre} if pre else {})},
         "model": {"encoder": "resnet18"},
         "task": {"mode": "all"},
-        "data": {"train_size": 16},
+        "data": {"train_size": 16, "variant": variant},
+        "loop": {"lr": 0.0005},
     }
     (run_dir / "run.yaml").write_text(yaml.safe_dump(run))
-    (run_dir / "metrics.json").write_text(json.dumps({"test_miou": miou, "test_pixel_accuracy": pacc}))
+    metrics = {"test_miou": miou, "test_pixel_accuracy": pacc, "train_samples": 16}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
     pd.DataFrame({"step": [5, 10], "test_miou": [miou / 2, miou]}).to_csv(run_dir / "curves.csv", index=False)
     return run_dir
 
@@ -71,3 +75,41 @@ def test_an_unfinished_run_is_named(tmp_path: Path) -> None:
             metrics_path=tmp_path / "c",
             curves_plot=tmp_path / "d.png",
         )
+
+
+def test_paper_labels_resolution_rows_and_unavailable_rows(tmp_path: Path) -> None:
+    runs = [
+        _fake_run(tmp_path / "runs", "random", seed, 0.2 + 0.01 * seed, 0.5, variant="96x320-v2")
+        for seed in range(2)
+    ]
+    runs += [
+        _fake_run(tmp_path / "runs", "depth_mono_rand", seed, 0.3 + 0.01 * seed, 0.6, "96x320-v2", pre)
+        for seed in range(2)
+        for pre in ("64x192-v2", "96x320-v2")
+    ]
+    out = tmp_path / "results"
+    unavailable = [
+        {"init": "imagenet", "encoder": "resnet18", "reason": "ImageNet weights of resnet18 missing"}
+    ]
+    table = aggregate_study(
+        "fig5",
+        runs,
+        table_csv=out / "t.csv",
+        table_md=out / "t.md",
+        metrics_path=out / "m.json",
+        curves_plot=out / "c.png",
+        labels={"random": "None", "depth_mono_rand": "Depth-Rand"},
+        unavailable=unavailable,
+    )
+    # Pre-trained at 64x192, fine-tuned at 96x320: its own row, compared with the same baseline.
+    assert sorted(table["init"]) == ["depth_mono_rand", "depth_mono_rand@64x192", "random"]
+    transferred = table.set_index("init").loc["depth_mono_rand@64x192"]
+    assert transferred["resolution_pair"] == "64x192 -> 96x320"
+    assert transferred["miou_delta"] == pytest.approx(0.1)
+    markdown = (out / "t.md").read_text()
+    assert "| None | 20.5 ± 0.5 |" in markdown
+    assert "| Depth-Rand (pre-trained at 64x192) | 30.5 ± 0.5 (+10.0) |" in markdown
+    assert "| imagenet | unavailable | unavailable | unavailable | 0 |" in markdown
+    assert "- imagenet (resnet18): ImageNet weights of resnet18 missing" in markdown
+    csv = pd.read_csv(out / "t.csv")
+    assert csv.set_index("init").loc["imagenet", "unavailable"] == "ImageNet weights of resnet18 missing"

@@ -27,17 +27,17 @@ def _config(**overrides: Any) -> dict[str, Any]:
 
 def test_default_study_expands_into_shared_pretraining_and_six_finetunes() -> None:
     plan = plan_runs(_config())
-    assert list(plan.pretrain) == ["depth_supervised-resnet18-synth_driving-64x192-s0"]
+    assert list(plan.pretrain) == ["depth_supervised-resnet18-synth_driving-64x192-v2-s0"]
     assert sorted(plan.finetune) == sorted(
-        f"seg-{init}-all-resnet18-synth_driving-64x192-n16-s{seed}"
+        f"seg-{init}-all-resnet18-synth_driving-64x192-v2-n16-s{seed}"
         for init in ("random", "depth_supervised")
         for seed in (0, 1, 2)
     )
     users = [s for s in plan.finetune.values() if s["init"]["name"] == "depth_supervised"]
     assert {s["init"]["checkpoint"] for s in users} == {
-        "runs/pretrain/depth_supervised-resnet18-synth_driving-64x192-s0/model.pt"
+        "runs/pretrain/depth_supervised-resnet18-synth_driving-64x192-v2-s0/model.pt"
     }
-    assert "checkpoint" not in plan.finetune["seg-random-all-resnet18-synth_driving-64x192-n16-s0"]["init"]
+    assert "checkpoint" not in plan.finetune["seg-random-all-resnet18-synth_driving-64x192-v2-n16-s0"]["init"]
 
 
 def test_ids_and_snapshots_are_stable() -> None:
@@ -97,3 +97,94 @@ def test_schema_fills_every_default() -> None:
     assert config["finetune"]["train_size"] == 16
     assert config["pretrain"]["tasks"]["depth_supervised"]["max_depth"] == 100.0
     assert config["studies"] == ["default"]
+
+
+def _study(tmp_path: Path, **study: Any) -> dict[str, Any]:
+    studies = tmp_path / "studies"
+    studies.mkdir(exist_ok=True)
+    (studies / "s.yaml").write_text(yaml.safe_dump(study))
+    config = _config(studies=["s"])
+    config["study_dir"] = str(studies)
+    return config
+
+
+def test_variant_names_carry_converter_version_and_non_default_parameters(monkeypatch: Any) -> None:
+    from geosem.sources import kitti
+
+    plan = plan_runs(_config())
+    assert "synth_driving/64x192-v2" in plan.shards
+    spec = plan.shards["synth_driving/64x192-v2"]
+    assert (spec["converter"], spec["converter_version"], spec["label_interpolation"]) == (
+        "kitti",
+        "2",
+        "nearest",
+    )
+    # A new converter version converts into a new folder: the old shard set (and its runs) stay.
+    monkeypatch.setattr(kitti, "CONVERTER_VERSION", "3")
+    bumped = plan_runs(_config())
+    assert "synth_driving/64x192-v3" in bumped.shards and "synth_driving/64x192-v2" not in bumped.shards
+    assert all("64x192-v3" in run_id for run_id in bumped.finetune)
+
+
+def test_grid_axes_sizes_lrs_and_resolution_pairs(tmp_path: Path) -> None:
+    config = _study(
+        tmp_path,
+        inits=["random", "depth_supervised"],
+        train_sizes=[16, "all"],
+        lrs=[0.001, 0.0001],
+        resolutions=[
+            {"pretrain": [96, 320], "finetune": [64, 192]},
+            {"pretrain": [64, 192], "finetune": [96, 320]},
+        ],
+        seeds=[0],
+    )
+    plan = plan_runs(config)
+    assert sorted(plan.pretrain) == [
+        "depth_supervised-resnet18-synth_driving-64x192-v2-s0",
+        "depth_supervised-resnet18-synth_driving-96x320-v2-s0",
+    ]
+    run_id = "seg-depth_supervised-all-resnet18-synth_driving-64x192-v2-from96x320-nall-lr0.0001-s0"
+    run = plan.finetune[run_id]
+    assert run["data"]["shards"].endswith("synth_driving/64x192-v2") and run["data"]["train_size"] == 0
+    assert run["init"]["checkpoint"].endswith("depth_supervised-resnet18-synth_driving-96x320-v2-s0/model.pt")
+    assert run["loop"]["lr"] == 0.0001
+    # random has no pre-training resolution: one run per fine-tuning resolution, size, lr and seed.
+    assert len([r for r in plan.studies["s"] if r.startswith("seg-random")]) == 2 * 2 * 2
+    assert len(plan.studies["s"]) == 8 + 8
+
+
+def test_the_legacy_protocol_resolves_into_the_published_codes_settings(tmp_path: Path) -> None:
+    paper = plan_runs(_study(tmp_path, inits=["random"], modes=["frozen"], seeds=[0]))
+    legacy = plan_runs(_study(tmp_path, inits=["random"], modes=["frozen"], seeds=[0], protocol="legacy"))
+    (paper_run,) = paper.finetune.values()
+    (legacy_id,) = legacy.finetune
+    legacy_run = legacy.finetune[legacy_id]
+    assert legacy_id == "seg-random-frozen-resnet18-synth_driving-64x192-v2-bicubic-n16-legacy-s0"
+    assert (paper_run["loop"]["zero_grad"], legacy_run["loop"]["zero_grad"]) == (True, False)
+    assert (paper_run["task"]["hflip"], legacy_run["task"]["hflip"]) == (True, False)
+    assert (paper_run["task"]["freeze"], legacy_run["task"]["freeze"]) == ("full", "batchnorm")
+    assert (paper_run["task"]["metric"], legacy_run["task"]["metric"]) == ("dataset", "legacy")
+    assert (paper_run["data"]["split_rule"], legacy_run["data"]["split_rule"]) == ("heldout", "legacy")
+    assert legacy.shards["synth_driving/64x192-v2-bicubic"]["label_interpolation"] == "bicubic"
+
+
+def test_every_study_file_plans_offline() -> None:
+    """Each paper-A study file expands; rows needing ImageNet or external weights are unavailable rows."""
+    names = sorted(p.stem for p in (REPO / "config" / "studies").glob("a_*.yaml"))
+    assert len(names) == 10
+    for name in names:
+        validate(
+            yaml.safe_load((REPO / "config" / "studies" / f"{name}.yaml").read_text()),
+            str(REPO / "workflow" / "schemas" / "study.schema.yaml"),
+        )
+        plan = plan_runs(_config(studies=[name]))
+        assert plan.studies[name], name
+        for row in plan.unavailable[name]:
+            assert row["init"] in (
+                "imagenet",
+                "depth_mono",
+                "flow",
+                "supervised_segmentation",
+                "dino",
+                "moco_v2",
+            )

@@ -5,6 +5,7 @@ transfers to segmentation."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -151,20 +152,27 @@ def test_the_zoo_study_plans_every_task_offline(tmp_path: Path) -> None:
         "flow",
         "mae",
     }
-    rand = plan.pretrain["depth_mono_rand-resnet18-synth_driving-64x192-s0"]["task"]
+    rand = plan.pretrain["depth_mono_rand-resnet18-synth_driving-64x192-v2-s0"]["task"]
     assert rand["name"] == "depth_mono" and rand["encoder_init"] == "random" and "weights_file" not in rand
     assert all(snapshot["task"]["name"] in list_tasks() for snapshot in plan.pretrain.values())
 
 
-def test_missing_imagenet_weights_stop_the_plan_naming_what_to_fetch(tmp_path: Path) -> None:
+def test_missing_imagenet_weights_make_rows_unavailable_naming_what_to_fetch(tmp_path: Path) -> None:
     from geosem.studies import plan_runs
 
+    fetch = r"resnet18.*(hf download timm/resnet18|imagenet_weights)"
+    # Alone, an init without its weights leaves the study nothing to run: the plan stops and says why.
     for inits in (["imagenet"], ["depth_mono"]):
         config = _zoo_config(tmp_path, inits, imagenet_weights={})
-        with pytest.raises(
-            FileNotFoundError, match=r"resnet18.*(hf download timm/resnet18|imagenet_weights)"
-        ):
+        with pytest.raises(ValueError, match=fetch):
             plan_runs(config)
+    # Beside runnable rows, it becomes an unavailable row of the table (reported, not dropped).
+    config = _zoo_config(tmp_path, ["random", "imagenet", "depth_mono"], imagenet_weights={})
+    plan = plan_runs(config)
+    assert {s["init"]["name"] for s in plan.finetune.values()} == {"random"}
+    assert [row["init"] for row in plan.unavailable["zoo"]] == ["imagenet", "depth_mono"]
+    assert all(re.search(fetch, row["reason"]) for row in plan.unavailable["zoo"])
+    assert not plan.pretrain
 
 
 def test_configured_imagenet_weights_are_loaded(tmp_path: Path) -> None:
@@ -178,7 +186,7 @@ def test_configured_imagenet_weights_are_loaded(tmp_path: Path) -> None:
     torch.save(reference.state_dict(), weights)
     config = _zoo_config(tmp_path, ["imagenet", "depth_mono"], imagenet_weights={"resnet18": str(weights)})
     plan = plan_runs(config)
-    pre = plan.pretrain["depth_mono-resnet18-synth_driving-64x192-s0"]
+    pre = plan.pretrain["depth_mono-resnet18-synth_driving-64x192-v2-s0"]
     assert pre["task"]["weights_file"] == str(weights)
     finetune = next(s for s in plan.finetune.values() if s["init"]["name"] == "imagenet")
     assert finetune["init"]["weights_file"] == str(weights)

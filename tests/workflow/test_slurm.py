@@ -36,8 +36,8 @@ from tests.workflow.test_pipeline import make_workdir, snakemake
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
 PARTITION = "debug"  # the partition tools/slurm/up creates
-PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-s0"
-FINETUNE_ID = "seg-random-all-resnet18-synth_driving-64x96-n4-s0"
+PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
+FINETUNE_ID = "seg-random-all-resnet18-synth_driving-64x96-v2-p4-n4-s0"
 CONFIG = ("--configfile", "config/tiny.yaml", "config/slurm.yaml")
 # Status checks every few seconds instead of the plugin's 40 s (which would add 40 s per wave of jobs).
 TEST_SETTINGS = ("--slurm-init-seconds-before-status-checks", "2")

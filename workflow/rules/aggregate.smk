@@ -1,4 +1,5 @@
-# Aggregation: a study's finished fine-tunes -> table (csv, md), DVC metrics (json) and curves plot.
+# Aggregation: a study's finished fine-tunes -> table (csv, md), DVC metrics (json), curves and the
+# figures its study file asks for (sizes, resolution, Grad-CAM), each with a report caption.
 
 
 rule aggregate:
@@ -7,12 +8,22 @@ rule aggregate:
         # The study's pre-training table is built with it (so `all` includes it).
         pretrain_table=f"{RESULTS}/tables/pretrain/{{study}}.md",
     output:
-        csv=report(f"{RESULTS}/tables/{{study}}.csv", caption="../report/table.rst", category="Tables"),
+        csv=report(
+            f"{RESULTS}/tables/{{study}}.csv",
+            caption="../report/table.rst",
+            category="Tables",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": "table"},
+        ),
         md=f"{RESULTS}/tables/{{study}}.md",
         metrics=f"{RESULTS}/metrics/{{study}}.json",
         curves=f"{RESULTS}/curves/{{study}}.csv",
         plot=report(
-            f"{RESULTS}/plots/{{study}}_curves.png", caption="../report/curves.rst", category="Curves"
+            f"{RESULTS}/plots/{{study}}_curves.png",
+            caption="../report/curves.rst",
+            category="Curves",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": "curves"},
         ),
     log:
         "logs/aggregate/{study}.log",
@@ -20,11 +31,83 @@ rule aggregate:
         "../../envs/geosem.yaml"
     params:
         runs=get_study_runs,
+        labels=get_study_labels_json,
+        unavailable=get_study_unavailable_json,
     localrule: True
     shell:
         "geosem aggregate --study {wildcards.study} --runs {params.runs}"
+        " --labels {params.labels:q} --unavailable {params.unavailable:q}"
         " --table-csv {output.csv} --table-md {output.md} --metrics {output.metrics}"
         " --curves-csv {output.curves} --plot {output.plot} > {log} 2>&1"
+
+
+rule plot_sizes:
+    input:
+        f"{RESULTS}/tables/{{study}}.csv",
+    output:
+        report(
+            f"{RESULTS}/plots/{{study}}_sizes.png",
+            caption="../report/sizes.rst",
+            category="Training set size",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": "sizes"},
+        ),
+    log:
+        "logs/aggregate/{study}_sizes.log",
+    conda:
+        "../../envs/geosem.yaml"
+    params:
+        labels=get_study_labels_json,
+    localrule: True
+    shell:
+        "geosem plot sizes --table {input} --labels {params.labels:q} --out {output}"
+        " --title {wildcards.study:q} > {log} 2>&1"
+
+
+rule plot_resolution:
+    input:
+        f"{RESULTS}/tables/{{study}}.csv",
+    output:
+        report(
+            f"{RESULTS}/plots/{{study}}_resolution.png",
+            caption="../report/resolution.rst",
+            category="Resolution transfer",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": "resolution"},
+        ),
+    log:
+        "logs/aggregate/{study}_resolution.log",
+    conda:
+        "../../envs/geosem.yaml"
+    params:
+        labels=get_study_labels_json,
+    localrule: True
+    shell:
+        "geosem plot resolution --table {input} --labels {params.labels:q} --out {output}"
+        " --title {wildcards.study:q} > {log} 2>&1"
+
+
+rule gradcam:
+    input:
+        get_gradcam_files,
+    output:
+        report(
+            f"{RESULTS}/figures/{{study}}_gradcam.png",
+            caption="../report/gradcam.rst",
+            category="Grad-CAM",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": "gradcam"},
+        ),
+    log:
+        "logs/aggregate/{study}_gradcam.log",
+    conda:
+        "../../envs/geosem.yaml"
+    params:
+        runs=get_gradcam_runs,
+        images=lambda wildcards: get_study_figures(wildcards)["gradcam"]["images"],
+    threads: 1
+    shell:
+        "geosem gradcam --runs {params.runs} --out {output} --images {params.images} > {log} 2>&1"
 
 
 # The pre-trainings a study uses -> their depth quality on the test split (and flow / MAE scores).

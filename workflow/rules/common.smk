@@ -29,7 +29,7 @@ wildcard_constraints:
     run_id="[A-Za-z0-9_.-]+",
     study="[A-Za-z0-9_.-]+",
     dataset="[A-Za-z0-9_]+",
-    variant="[0-9]+x[0-9]+",
+    variant="[0-9]+x[0-9]+-v[0-9A-Za-z.]+(-[A-Za-z0-9]+)*",
 
 
 def _runs_of(kind):
@@ -126,15 +126,69 @@ def get_study_pretrain_files(wildcards):
     ]
 
 
+def get_versioned_raw_files():
+    """The raw files of every planned dataset (world outputs, or a downloaded folder)."""
+    datasets = dict.fromkeys(spec["dataset"] for spec in PLAN.shards.values())
+    return [path for dataset in datasets for path in raw_files(dataset, config["world"], RAW)]
+
+
+def get_versioned_shards():
+    return [f"{SHARDS}/{key}" for key in PLAN.shards]
+
+
+def get_versioned_paths():
+    """What DVC tracks: each planned dataset's raw folder and each planned shard set."""
+    datasets = dict.fromkeys(spec["dataset"] for spec in PLAN.shards.values())
+    return [f"{RAW}/{dataset}" for dataset in datasets] + get_versioned_shards()
+
+
+def get_study_figures(wildcards):
+    return PLAN.figures[wildcards.study]
+
+
+def get_study_unavailable_json(wildcards):
+    """Rows the study cannot run here (missing weights), for the table: canonical JSON, a params value."""
+    return json.dumps(PLAN.unavailable[wildcards.study], sort_keys=True)
+
+
+def get_study_labels_json(wildcards):
+    return json.dumps(PLAN.figures[wildcards.study]["labels"], sort_keys=True)
+
+
+def get_gradcam_runs(wildcards):
+    gradcam = PLAN.figures[wildcards.study]["gradcam"]
+    if gradcam is None:
+        raise ValueError(f"study {wildcards.study!r} asks for no Grad-CAM figure")
+    return [f"{RUNS}/finetune/{run_id}" for run_id in gradcam["runs"]]
+
+
+def get_gradcam_files(wildcards):
+    return [f"{run_dir}/{name}" for run_dir in get_gradcam_runs(wildcards) for name in ("run.yaml", "model.pt")]
+
+
+def get_study_outputs(study):
+    """Everything one study produces: table, metrics, curves and the figures its file asks for."""
+    outputs = [
+        f"{RESULTS}/tables/{study}.csv",
+        f"{RESULTS}/tables/{study}.md",
+        f"{RESULTS}/metrics/{study}.json",
+        f"{RESULTS}/plots/{study}_curves.png",
+    ]
+    figures = PLAN.figures[study]
+    for kind in ("sizes", "resolution"):
+        if kind in figures["plots"]:
+            outputs.append(f"{RESULTS}/plots/{study}_{kind}.png")
+    if figures["gradcam"] is not None:
+        outputs.append(f"{RESULTS}/figures/{study}_gradcam.png")
+    return outputs
+
+
 def get_final_outputs():
     # Every planned shard set, also those no study reads yet (study B's data), so the default run
     # builds and verifies them.
     outputs = [f"{SHARDS}/{key}" for key in PLAN.shards]
+    if config["versioning"]["dvc"]:
+        outputs += [f"{path}.dvc" for path in get_versioned_paths()]
     for study in PLAN.studies:
-        outputs += [
-            f"{RESULTS}/tables/{study}.csv",
-            f"{RESULTS}/tables/{study}.md",
-            f"{RESULTS}/metrics/{study}.json",
-            f"{RESULTS}/plots/{study}_curves.png",
-        ]
+        outputs += get_study_outputs(study)
     return outputs

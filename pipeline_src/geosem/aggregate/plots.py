@@ -13,6 +13,77 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 
+def _save(figure: plt.Figure, out: Path) -> None:
+    """Write a figure atomically (a temporary file renamed into place)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    finally:
+        plt.close(figure)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def plot_sizes(table: pd.DataFrame, out: Path, title: str, labels: dict[str, str] | None = None) -> None:
+    """Final test mIoU against the few-shot training set size N (paper A, Fig. 3): one line per init and
+    encoder x mode, mean over seeds with +- SE bars; N = all is drawn at the size of the whole pool."""
+    labels = labels or {}
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    for (init, encoder, mode), frame in table.groupby(["init", "encoder", "mode"], sort=False):
+        frame = frame.sort_values("train_samples")
+        name = f"{labels.get(init, init)} ({encoder}, {mode})"
+        axis.errorbar(
+            frame["train_samples"],
+            100 * frame["miou_mean"],
+            yerr=100 * frame["miou_se"].fillna(0.0),
+            marker="o",
+            capsize=3,
+            label=name,
+        )
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("labelled training images N (log scale; rightmost = all)")
+    axis.set_ylabel("final test mIoU (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    _save(figure, out)
+
+
+def plot_resolution(table: pd.DataFrame, out: Path, title: str, labels: dict[str, str] | None = None) -> None:
+    """Final test mIoU per (pre-training -> fine-tuning) resolution pair (paper A, Fig. 5): grouped bars,
+    one group per pair, one bar per init, +- SE over seeds."""
+    labels = labels or {}
+    pairs = list(dict.fromkeys(table["resolution"]))
+    inits = list(dict.fromkeys(table["init"]))
+    width = 0.8 / max(1, len(inits))
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(pairs)), 4), dpi=120)
+    for k, init in enumerate(inits):
+        rows = table[table["init"] == init].set_index("resolution")
+        xs = [i + k * width for i, pair in enumerate(pairs) if pair in rows.index]
+        present = [pair for pair in pairs if pair in rows.index]
+        axis.bar(
+            xs,
+            [100 * rows.loc[p, "miou_mean"] for p in present],
+            width=width,
+            yerr=[
+                100 * (0.0 if pd.isna(rows.loc[p, "miou_se"]) else rows.loc[p, "miou_se"]) for p in present
+            ],
+            capsize=3,
+            label=labels.get(init, init),
+        )
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(pairs))], pairs, fontsize=7)
+    axis.set_xlabel("pre-training -> fine-tuning resolution")
+    axis.set_ylabel("final test mIoU (%)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    _save(figure, out)
+
+
 def plot_curves(curves: pd.DataFrame, out: Path, title: str, score: str = "test_miou") -> None:
     """Test score against fine-tuning step, one line per init: mean over seeds, shaded +- SE."""
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
@@ -30,12 +101,4 @@ def plot_curves(curves: pd.DataFrame, out: Path, title: str, score: str = "test_
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    finally:
-        plt.close(figure)
-        Path(tmp).unlink(missing_ok=True)
+    _save(figure, out)

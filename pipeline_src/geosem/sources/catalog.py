@@ -100,3 +100,15 @@ def raw_files(dataset: str, world: dict[str, Any], raw_root: str) -> list[str]:
         f"{root}/sunrgbd_train_test_labels",
         f"{root}/geosem_world.json",
     ]
+
+
+def converter_version(converter: str) -> str:
+    """The ``CONVERTER_VERSION`` of a converter module (``kitti``, ``nyuv2``, ``ade20k``, ``sunrgbd``):
+    part of every shard variant's name, so a new version converts into a new folder."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"geosem.sources.{converter}")
+    except ModuleNotFoundError:
+        raise KeyError(f"unknown converter {converter!r}") from None
+    return str(module.CONVERTER_VERSION)
