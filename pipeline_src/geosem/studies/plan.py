@@ -188,14 +188,22 @@ def _train_size(value: int | str) -> int:
 def _resolutions(
     study: dict[str, Any], data_cfg: dict[str, Any]
 ) -> list[tuple[tuple[int, int], tuple[int, int]]]:
-    """(pre-training, fine-tuning) resolution pairs; by default the config's one resolution for both."""
+    """(pre-training, fine-tuning) resolution pairs; by default the config's one resolution for both.
+
+    A pair's side is ``[height, width]``, or a scale factor of ``data.height`` x ``data.width`` rounded to
+    multiples of 32 (so one study file serves the CPU preset's 64x192 and the paper's 192x640)."""
     default = (data_cfg["height"], data_cfg["width"])
-    pairs = []
-    for entry in study.get("resolutions", [{}]):
-        pre = tuple(entry.get("pretrain", default))
-        fine = tuple(entry.get("finetune", default))
-        pairs.append((pre, fine))
-    return pairs
+
+    def size(value: Any) -> tuple[int, int]:
+        if value is None:
+            return default
+        if isinstance(value, int | float):
+            return tuple(max(64, 32 * round(side * value / 32)) for side in default)  # type: ignore[return-value]
+        return (int(value[0]), int(value[1]))
+
+    return [
+        (size(entry.get("pretrain")), size(entry.get("finetune"))) for entry in study.get("resolutions", [{}])
+    ]
 
 
 class _Unavailable(Exception):

@@ -1,0 +1,92 @@
+"""Every study file of paper A and both presets plan into real Snakemake DAGs (dry runs): each planned
+run is one job, rows without their weights are left out of the DAG (and reported unavailable), and the
+full-scale preset expands to the paper's grid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from geosem.studies import plan_runs
+from snakemake.utils import validate
+
+from tests.conftest import REPO
+from tests.workflow.test_pipeline import _env, job_counts, make_workdir
+
+pytestmark = pytest.mark.workflow
+
+STUDIES = [*sorted(p.stem for p in (REPO / "config" / "studies").glob("a_*.yaml")), "cpu_study"]
+# Fine-tunes and pre-trainings each study runs offline (no ImageNet or external weights), counted by hand:
+# inits that can run x modes x encoders x sizes x lrs x resolution pairs x seeds.
+EXPECTED = {
+    "a_table1": (2 * 3 * 2 * 3, 2),  # random, Depth-Rand x all/deeplabv3/frozen x R18/R50 x 3 seeds
+    "a_fig2_curves": (2 * 2 * 3, 2),
+    "a_fig3_sizes": (2 * 5 * 3, 1),
+    "a_table2_supervision": (5 * 3, 4),
+    "a_fig4_frozen": (2 * 2 * 2 * 3, 2),
+    "a_table3_encoder_only": (3 * 3 * 3, 6),  # random, Depth-Rand, Depth sup. x 3 encoders
+    "a_fig5_resolution": (2 * 3 + 4 * 3, 2),  # random at 2 fine-tuning sizes; Depth-Rand at 4 pairs
+    "a_fig6_gradcam": (2, 1),
+    "a_fig7_flow": (3 * 3, 2),
+    "a_table4_methods": (3 * 3, 2),  # random and both reconstructions
+    "cpu_study": (5 * 2 * 3, 4),
+}
+
+
+def _dry_run(workdir: Path, *args: str) -> dict[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "2", *args],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return job_counts(result.stdout + result.stderr)
+
+
+def _config(*overlays: Path, **overrides: Any) -> dict[str, Any]:
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for overlay in overlays:
+        for key, value in yaml.safe_load(overlay.read_text()).items():
+            config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    config.update(overrides, study_dir=str(REPO / "config" / "studies"))
+    validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
+def test_every_study_file_is_a_dag_of_its_planned_runs(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    for study in STUDIES:
+        counts = _dry_run(workdir, "--config", f"studies=[{study}]")
+        plan = plan_runs(_config(studies=[study]))
+        assert (counts["finetune"], counts.get("pretrain", 0)) == EXPECTED[study], study
+        assert (len(plan.finetune), len(plan.pretrain)) == EXPECTED[study], study
+        assert counts["aggregate"] == 1, study
+        figures = plan.figures[study]
+        assert counts.get("plot_sizes", 0) == ("sizes" in figures["plots"]), study
+        assert counts.get("plot_resolution", 0) == ("resolution" in figures["plots"]), study
+        assert counts.get("gradcam", 0) == (figures["gradcam"] is not None), study
+
+
+def test_the_full_scale_preset_expands_to_the_papers_grid(tmp_path: Path) -> None:
+    workdir = make_workdir(tmp_path)
+    (workdir / "raw" / "kitti").mkdir(parents=True)  # where the real KITTI tree goes on the cluster
+    preset = REPO / "config" / "presets" / "full_scale.yaml"
+    counts = _dry_run(workdir, "--configfile", "config/presets/full_scale.yaml")
+    plan = plan_runs(_config(preset))
+    studies = yaml.safe_load(preset.read_text())["studies"]
+    assert len(studies) == 10 and counts["aggregate"] == 10
+    # Runs shared between studies (Table 1's fine-tune-all rows are Fig. 2's) are planned once.
+    assert counts["finetune"] == len(plan.finetune) == len({r for ids in plan.studies.values() for r in ids})
+    assert counts["pretrain"] == len(plan.pretrain)
+    assert counts["shards"] == 2  # 192x640 and the resolution study's other size, both from raw/kitti
+    run = next(iter(plan.finetune.values()))
+    assert run["loop"]["steps"] == 20000 and run["loop"]["batch_size"] == 16 and run["loop"]["lr"] == 1e-5
+    assert run["data"]["shards"].startswith("shards/kitti/192x640-v2")
+    assert {s["model"]["encoder"] for s in plan.finetune.values()} >= {"resnet18", "resnet50"}
