@@ -205,3 +205,24 @@ def test_every_step_is_logged_once_through_dvclive_also_across_a_kill(
     loss_tsv.write_text(loss_tsv.read_text() + "4\t99.0\n5\t99.0\n")
     run_job(split, threads=2)
     assert read_step_log(split.parent, "train/loss") == losses
+
+
+def test_evaluating_more_often_changes_no_weight(tiny_shards: Path, tmp_path: Path) -> None:
+    """Evaluation draws no random numbers and leaves the weights alone, so `eval_every` changes only the
+    curves' resolution (and the run time), never the final model or metrics."""
+    models = {}
+    for eval_every in (1, 4):
+        snap = _snapshot(
+            tiny_shards, "finetune", f"seg-e{eval_every}", 4, task=SEG_TASK, init={"name": "random"}
+        )
+        snap["loop"]["eval_every"] = eval_every
+        path = _write(tmp_path, snap)
+        metrics = run_job(path, threads=2)
+        assert metrics is not None
+        models[eval_every] = (
+            torch.load(path.parent / "model.pt", weights_only=True)["model"],
+            {k: v for k, v in metrics.items() if k.startswith("test_")},
+        )
+    (often, often_metrics), (rarely, rarely_metrics) = models[1], models[4]
+    assert all(torch.equal(often[k], rarely[k]) for k in often)
+    assert often_metrics == rarely_metrics

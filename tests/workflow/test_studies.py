@@ -24,6 +24,7 @@ STUDIES = [*sorted(p.stem for p in (REPO / "config" / "studies").glob("a_*.yaml"
 # inits that can run x modes x encoders x sizes x lrs x resolution pairs x seeds.
 EXPECTED = {
     "a_table1": (2 * 3 * 2 * 3, 2),  # random, Depth-Rand x all/deeplabv3/frozen x R18/R50 x 3 seeds
+    "a_table1_legacy": (2 * 3 * 2 * 3, 2),  # the same grid, legacy runs; the pre-trainings are shared
     "a_fig2_curves": (2 * 2 * 3, 2),
     "a_fig3_sizes": (2 * 5 * 3, 1),
     "a_table2_supervision": (5 * 3, 4),
@@ -84,11 +85,12 @@ def test_the_full_scale_preset_expands_to_the_papers_grid(tmp_path: Path) -> Non
     counts = _dry_run(workdir, "--configfile", "config/presets/full_scale.yaml")
     plan = plan_runs(_config(preset))
     studies = yaml.safe_load(preset.read_text())["studies"]
-    assert len(studies) == 10 and counts["aggregate"] == 10
+    assert len(studies) == 11 and counts["aggregate"] == 11
     # Runs shared between studies (Table 1's fine-tune-all rows are Fig. 2's) are planned once.
     assert counts["finetune"] == len(plan.finetune) == len({r for ids in plan.studies.values() for r in ids})
     assert counts["pretrain"] == len(plan.pretrain)
-    assert counts["shards"] == 2  # 192x640 and the resolution study's other size, both from raw/kitti
+    # 192x640, the resolution study's 288x960, and the legacy protocol's bicubic-label 192x640 variant.
+    assert counts["shards"] == 3
     run = next(iter(plan.finetune.values()))
     assert run["loop"]["steps"] == 20000 and run["loop"]["batch_size"] == 16 and run["loop"]["lr"] == 1e-5
     assert run["data"]["shards"].startswith("shards/kitti/192x640-v2")
