@@ -40,14 +40,23 @@ REPO = Path(__file__).resolve().parents[1]
 HEIGHT, WIDTH, FRAMES, DRIVES = 96, 320, 24, 3
 
 
+# Where the driving world's module lived: geosem/worlds since the worlds left geosem/sources.
+_DRIVING_PATHS = ("pipeline_src/geosem/worlds/driving.py", "pipeline_src/geosem/sources/synthetic/driving.py")
+
+
 def _old_renderer(rev: str):  # a module loaded from git
-    source = subprocess.run(
-        ["git", "show", f"{rev}:pipeline_src/geosem/sources/synthetic/driving.py"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    error: subprocess.CalledProcessError | None = None
+    for candidate in _DRIVING_PATHS:
+        try:
+            source = subprocess.run(
+                ["git", "show", f"{rev}:{candidate}"], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout
+            break
+        except subprocess.CalledProcessError as missing:
+            error = missing
+    else:
+        assert error is not None
+        raise error
     path = Path(tempfile.mkdtemp()) / "driving_v1.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("driving_v1", path)
@@ -65,8 +74,9 @@ def _time(function: Callable[[], None]) -> float:
 
 
 def main_table(rev: str, repeats: int) -> None:
-    from geosem.sources.synthetic.driving import DriveRenderer, DrivingWorldConfig, drive_ids
-    from geosem.sources.synthetic.kitti_writer import write_drive
+    from geosem.worlds.driving import DrivingWorldConfig, drive_ids
+    from geosem.worlds.driving_frames import DriveRenderer
+    from geosem.worlds.kitti_writer import write_drive
 
     new_config = DrivingWorldConfig(
         drives=DRIVES - 1, heldout_drives=1, frames=FRAMES, semantics_frames=1, height=HEIGHT, width=WIDTH
@@ -143,8 +153,9 @@ def _cpu_model() -> str:
 
 
 def threshold_sweep(repeats: int) -> None:
-    from geosem.sources.synthetic import raycast as rc
-    from geosem.sources.synthetic.driving import DriveRenderer, DrivingWorldConfig, drive_ids
+    from geosem.worlds import raycast as rc
+    from geosem.worlds.driving import DrivingWorldConfig, drive_ids
+    from geosem.worlds.driving_frames import DriveRenderer
 
     config = DrivingWorldConfig(
         drives=2, heldout_drives=1, frames=FRAMES, semantics_frames=1, height=HEIGHT, width=WIDTH

@@ -1,5 +1,5 @@
 """Fixtures made by code: a tiny synthetic world in KITTI's layout and its shard set, shared by the
-unit tests."""
+unit tests. What tests share besides fixtures lives in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ from pathlib import Path
 
 import pytest
 from geosem.sources import convert
-from geosem.sources.synthetic.driving import DrivingWorldConfig
-from geosem.sources.synthetic.kitti_writer import write_driving_world
+from geosem.worlds.kitti_writer import write_driving_world
 
-REPO = Path(__file__).resolve().parents[1]
-# 2 training drives x 4 frames and 4 labelled frames of 1 held-out drive, rendered at 64x96.
-TINY_WORLD = DrivingWorldConfig(
-    seed=3, drives=2, heldout_drives=1, frames=4, semantics_frames=4, height=64, width=96
-)
+from tests.helpers import TINY_WORLD
 
 
 @pytest.fixture(scope="session")
 def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``TINY_WORLD`` written in KITTI's raw layout."""
     out = tmp_path_factory.mktemp("raw") / "synth_driving"
     return write_driving_world(TINY_WORLD, out)
 

@@ -1,4 +1,9 @@
-"""The ``geosem`` command line: every workflow rule calls one of these subcommands."""
+"""The ``geosem`` command line: every workflow rule calls one of its subcommands (``geosem --help``).
+
+Each package contributes the subcommands of its concern: the world jobs come from ``geosem.worlds``,
+the rest are defined here, each importing what it needs only when it runs (a rule's job pays for the
+imports of its own step, not for torch when it writes a world file).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-
-
-def _cmd_data(args: argparse.Namespace) -> int:
-    from geosem.sources.__main__ import main as sources_main
-
-    return int(sources_main(args.rest) or 0)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -29,25 +28,41 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _cmd_write_run(args: argparse.Namespace) -> int:
-    from geosem.studies import write_run_snapshot
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from geosem.shards import verify_shards
+    from geosem.sources import convert
 
-    snapshot = json.loads(args.json)
-    if snapshot.get("run_id") != Path(args.out).parent.name:
-        raise SystemExit(
-            f"snapshot run_id {snapshot.get('run_id')!r} does not match the folder of {args.out}"
-        )
-    write_run_snapshot(snapshot, Path(args.out))
+    # Passed only when given; convert() accepts "nearest" for every converter, "bicubic" only for kitti.
+    extra = {} if args.label_interpolation is None else {"label_interpolation": args.label_interpolation}
+    out = convert(
+        args.converter,
+        Path(args.raw),
+        Path(args.out),
+        height=args.height,
+        width=args.width,
+        dataset=args.dataset,
+        samples_per_part=args.samples_per_part,
+        **extra,
+    )
+    print(f"wrote {verify_shards(out)} samples to {out}")
     return 0
 
 
-def _cmd_train(args: argparse.Namespace, kind: str) -> int:
-    from geosem.studies.plan import read_run_snapshot
+def _cmd_write_run(args: argparse.Namespace) -> int:
+    from geosem.snapshot import write_snapshot
+
+    write_snapshot(json.loads(args.json), Path(args.out))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from geosem.snapshot import read_snapshot
     from geosem.train.distributed import Distributed, default_procs, launch
     from geosem.train.jobs import run_job
     from geosem.train.loop import EXIT_RESUMABLE
 
-    run = read_run_snapshot(Path(args.run))
+    kind = args.command
+    run = read_snapshot(Path(args.run))
     if run["kind"] != kind:
         raise SystemExit(f"{args.run} is a {run['kind']} run, not {kind}")
     dist = Distributed.from_env()
@@ -73,21 +88,35 @@ def _cmd_train(args: argparse.Namespace, kind: str) -> int:
 
 
 def _cmd_aggregate(args: argparse.Namespace) -> int:
-    from geosem.aggregate import aggregate_study
+    from geosem.aggregate import aggregate_study, render_study
 
-    table = aggregate_study(
-        args.study,
-        [Path(p) for p in args.runs],
-        table_csv=Path(args.table_csv),
-        table_md=Path(args.table_md),
-        metrics_path=Path(args.metrics),
-        curves_plot=Path(args.plot),
-        curves_csv=Path(args.curves_csv) if args.curves_csv else None,
-        labels=json.loads(args.labels),
-        unavailable=json.loads(args.unavailable),
-    )
+    if args.from_table:  # markdown and metrics again from the committed csv: no runs needed
+        render_study(
+            args.study, Path(args.table_csv), table_md=Path(args.table_md), metrics_dir=Path(args.metrics)
+        )
+    elif not args.runs or not args.plot:
+        raise SystemExit("geosem aggregate: --runs and --plot are required unless --from-table is given")
+    else:
+        aggregate_study(
+            args.study,
+            [Path(p) for p in args.runs],
+            table_csv=Path(args.table_csv),
+            table_md=Path(args.table_md),
+            metrics_dir=Path(args.metrics),
+            curves_plot=Path(args.plot),
+            curves_csv=Path(args.curves_csv) if args.curves_csv else None,
+            labels=json.loads(args.labels),
+            unavailable=json.loads(args.unavailable),
+        )
     print(Path(args.table_md).read_text())
-    del table
+    return 0
+
+
+def _cmd_aggregate_pretrain(args: argparse.Namespace) -> int:
+    from geosem.aggregate.pretrain import pretrain_markdown, write_pretrain_table
+
+    table = write_pretrain_table(args.study, [Path(r) for r in args.runs], Path(args.csv), Path(args.md))
+    print(pretrain_markdown(table, args.study))
     return 0
 
 
@@ -115,32 +144,78 @@ def _cmd_gradcam(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geosem", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _cmd_version(args: argparse.Namespace) -> int:
+    from geosem.versioning import main as versioning_main
 
-    # World generation and conversion steps live in geosem.sources (one job per drive, room batch or
-    # shard set); `geosem data ...` is the same command line as `python -m geosem.sources ...`.
-    data = sub.add_parser(
-        "data", help="world generation and conversion (see `geosem data --help`)", add_help=False
+    return int(versioning_main(args.rest) or 0)
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    from geosem.tasks import get_task, list_tasks
+
+    for name in list_tasks():
+        task = get_task(name)
+        print(f"{name} ({task.__module__}): {task.parameter_schema()['description']}")
+        for key, value in task.parameters.items():
+            print(f"    {key} = {json.dumps(value.default)}: {value.description}")
+    return 0
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from geosem.sources import converter_spec
+    from geosem.sources.catalog import datasets
+
+    print(f"{'dataset':<16}{'converter':<12}{'version':<9}{'label space':<14}source")
+    for name, spec in datasets().items():
+        source = f"world {spec.world}" if spec.world else ", ".join(converter_spec(spec.converter).reads)
+        print(f"{name:<16}{spec.converter:<12}{spec.converter_version:<9}{spec.label_space:<14}{source}")
+    return 0
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from geosem.worlds.commands import add_world_commands
+
+    add_world_commands(sub)
+    conv = sub.add_parser("convert", help="convert a raw dataset layout into a shard set, then verify it")
+    conv.add_argument("--converter", required=True, help="a converter of `geosem datasets`")
+    conv.add_argument("--dataset", required=True, help="the name the shard set and its runs carry")
+    conv.add_argument("--raw", required=True)
+    conv.add_argument("--out", required=True)
+    conv.add_argument("--height", type=int, required=True)
+    conv.add_argument("--width", type=int, required=True)
+    conv.add_argument("--samples-per-part", type=int, default=256)
+    conv.add_argument(
+        "--label-interpolation",
+        choices=("nearest", "bicubic"),
+        default=None,
+        help="how labels are resized: nearest (default, every converter) or bicubic (kitti only: study "
+        "A's published code, for the legacy protocol); kitti records it in the manifest",
     )
-    data.add_argument("rest", nargs=argparse.REMAINDER)
-    data.set_defaults(func=_cmd_data)
-
+    conv.set_defaults(func=_cmd_convert)
     verify = sub.add_parser("verify", help="check shard sets against their manifests (exit 1 on mismatch)")
     verify.add_argument("shard_dirs", nargs="+")
     verify.set_defaults(func=_cmd_verify)
+    sub.add_parser(
+        "datasets", help="the datasets GeoSem knows: converter, version, label space, source"
+    ).set_defaults(func=_cmd_datasets)
+    version = sub.add_parser(
+        "version",
+        help="DVC versioning of data: add, push, pull, status (`geosem version --help`)",
+        add_help=False,
+    )
+    version.add_argument("rest", nargs=argparse.REMAINDER)
+    version.set_defaults(func=_cmd_version)
 
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     write_run = sub.add_parser("write-run", help="write a resolved run snapshot (run.yaml) from JSON")
     write_run.add_argument("--out", required=True)
     write_run.add_argument("--json", required=True)
     write_run.set_defaults(func=_cmd_write_run)
-
     for kind in ("pretrain", "finetune"):
         job = sub.add_parser(kind, help=f"run a {kind} job from its run.yaml (resumes from its checkpoint)")
         job.add_argument(
-            "--run", required=True, help="path of the run snapshot, runs/<kind>/<run_id>/run.yaml"
+            "--run", required=True, help=f"path of the run snapshot, runs/{kind}/<run_id>/run.yaml"
         )
         job.add_argument("--threads", type=int, default=1)
         job.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps")
@@ -150,21 +225,44 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="data-parallel processes (default: one per visible GPU, 1 without GPUs; gloo on CPUs)",
         )
-        job.set_defaults(func=lambda a, k=kind: _cmd_train(a, k))
+        job.set_defaults(func=_cmd_train)
+    sub.add_parser("tasks", help="the training tasks and the parameters each declares").set_defaults(
+        func=_cmd_tasks
+    )
 
-    agg = sub.add_parser("aggregate", help="aggregate a study's finished fine-tunes into tables and plots")
+
+def _add_result_commands(sub: argparse._SubParsersAction) -> None:
+    agg = sub.add_parser(
+        "aggregate",
+        help="aggregate a study's finished fine-tunes into tables, DVC metrics and plots "
+        "(--from-table: render the markdown and metrics again from the table csv alone)",
+    )
     agg.add_argument("--study", required=True)
-    agg.add_argument("--runs", nargs="+", required=True, help="run directories")
-    agg.add_argument("--table-csv", required=True)
+    agg.add_argument("--runs", nargs="+", default=[], help="run directories (not with --from-table)")
+    agg.add_argument("--table-csv", required=True, help="written; with --from-table read")
     agg.add_argument("--table-md", required=True)
-    agg.add_argument("--metrics", required=True)
-    agg.add_argument("--plot", required=True)
+    agg.add_argument("--metrics", required=True, help="folder: one <setting>/<init>.json per table cell")
+    agg.add_argument("--plot", default=None, help="curves figure (required unless --from-table)")
     agg.add_argument("--curves-csv", default=None)
     agg.add_argument("--labels", default="{}", help="JSON: init -> row name in the table (the paper's names)")
     agg.add_argument(
         "--unavailable", default="[]", help="JSON list of {init, encoder, reason}: rows that cannot run here"
     )
+    agg.add_argument(
+        "--from-table",
+        action="store_true",
+        help="write --table-md and --metrics from --table-csv (its labels and unavailable rows) only",
+    )
     agg.set_defaults(func=_cmd_aggregate)
+
+    pre = sub.add_parser(
+        "aggregate-pretrain", help="a study's pre-trainings and their own depth/flow/MAE scores"
+    )
+    pre.add_argument("--study", required=True)
+    pre.add_argument("--runs", nargs="*", default=[], help="pre-training run directories")
+    pre.add_argument("--csv", required=True)
+    pre.add_argument("--md", required=True)
+    pre.set_defaults(func=_cmd_aggregate_pretrain)
 
     plot = sub.add_parser(
         "plot", help="a study's figures from its table csv: sizes (Fig. 3), resolution (Fig. 5)"
@@ -176,13 +274,6 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--title", default="")
     plot.set_defaults(func=_cmd_plot)
 
-    version = sub.add_parser(
-        "version",
-        help="DVC versioning of data: add, push, pull, status (see `geosem version --help`)",
-        add_help=False,
-    )
-    version.add_argument("rest", nargs=argparse.REMAINDER)
-
     gradcam = sub.add_parser(
         "gradcam", help="Grad-CAM of a shallow encoder layer next to the predictions, one column pair per run"
     )
@@ -193,19 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer", default=None, help="module name to visualise (default: the encoder's first stage, layer1)"
     )
     gradcam.set_defaults(func=_cmd_gradcam)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geosem", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<subcommand>")
+    _add_data_commands(sub)
+    _add_training_commands(sub)
+    _add_result_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["data"]:  # hand everything after `data` (including --help) to geosem.sources
-        from geosem.sources.__main__ import main as sources_main
-
-        return int(sources_main(argv[1:]) or 0)
-    if argv[:1] == ["version"]:  # likewise `version` -> geosem.versioning
-        from geosem.versioning import main as versioning_main
-
-        return int(versioning_main(argv[1:]) or 0)
+    if argv[:1] == ["version"]:  # everything after it, --help included, is geosem.versioning's own
+        return _cmd_version(argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

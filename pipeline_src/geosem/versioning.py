@@ -67,7 +67,7 @@ def status(root: Path, targets: Sequence[str] = ()) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m geosem.versioning add|push|pull|status``; the workflow's versioning rule calls ``add``."""
+    """``geosem version add|push|pull|status``; the workflow's versioning rule calls ``add``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="geosem version", description=__doc__)
@@ -96,7 +96,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(status(root, args.targets))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

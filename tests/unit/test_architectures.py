@@ -4,7 +4,6 @@ Table 4). Random inits only: no weights are downloaded."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -27,59 +26,31 @@ from geosem.tasks import get_task
 from geosem.tasks.segmentation import FINETUNE_MODES
 from torch import nn
 
+from tests.helpers import PRETRAIN_TASKS, SEG_TASK, pretrain_task, pretrained_init, run_snapshot
+
 VIT = "vit_tiny_patch16_224"
 WIDTHS = (8, 16, 32, 64, 128)
-SEG_TASK = {"name": "segmentation", "mode": "deeplabv3", "hflip": False, "classifier_kernel": 3}
-PRETRAIN_TASKS: dict[str, dict[str, Any]] = {
-    "depth_supervised": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_mono": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_stereo": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_mono_stereo": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_lidar": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_cropped": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True, "crop": [64, 64]},
-    "flow": {"smoothness": 2.0, "hflip": True},
-    "mae_seed": {"task": "mae", "variant": "seed", "seed_density": [0.001, 0.01], "patch": 7},
-    "mae_patch": {"task": "mae", "variant": "patch", "mask_ratio": 0.75, "patch": 16},
-}
-
-
-def _model_cfg(encoder: str) -> dict[str, Any]:
-    return {"encoder": encoder, "decoder_channels": list(WIDTHS)}
 
 
 def _pretrain_run(shards: Path, init: str, encoder: str) -> dict[str, Any]:
-    params = copy.deepcopy(PRETRAIN_TASKS[init])
-    name = params.pop("task", init)
-    return {
-        "run_id": f"{init}-{encoder}-test",
-        "kind": "pretrain",
-        "seed": 0,
-        "task": {"name": name, **params},
-        "model": _model_cfg(encoder),
-        "data": {"shards": str(shards), "train_split": "train", "test_split": "test", "test_stride": 1},
-        "evaluation": {"batch_size": 4, "max_depth": 80.0},
-    }
+    model = {"encoder": encoder, "decoder_channels": list(WIDTHS)}
+    return run_snapshot(
+        shards, "pretrain", f"{init}-{encoder}-test", task=pretrain_task(init), seed=0, model=model
+    )
 
 
 def _finetune_run(
     shards: Path, encoder: str, init: dict[str, Any], mode: str = "deeplabv3"
 ) -> dict[str, Any]:
-    return {
-        "run_id": f"seg-{init['name']}-{mode}-{encoder}",
-        "kind": "finetune",
-        "seed": 0,
-        "task": {**SEG_TASK, "mode": mode},
-        "model": _model_cfg(encoder),
-        "data": {
-            "shards": str(shards),
-            "num_classes": 19,
-            "train_split": "train",
-            "test_split": "test",
-            "test_stride": 1,
-        },
-        "init": init,
-        "evaluation": {"batch_size": 4},
-    }
+    return run_snapshot(
+        shards,
+        "finetune",
+        f"seg-{init['name']}-{mode}-{encoder}",
+        task={**SEG_TASK, "mode": mode, "hflip": False},
+        init=init,
+        seed=0,
+        model={"encoder": encoder, "decoder_channels": list(WIDTHS)},
+    )
 
 
 def _batch(shards: Path, fields: tuple[str, ...], split: str, count: int = 2) -> dict[str, torch.Tensor]:
@@ -273,13 +244,7 @@ def test_deeplabv3_finetune_from_a_depth_checkpoint_trains(tiny_shards: Path, tm
     depth_model.train()(torch.rand(2, 3, 64, 96))
     checkpoint = tmp_path / "model.pt"
     torch.save({"model": depth_model.state_dict()}, checkpoint)
-    init = {
-        "name": "depth_supervised",
-        "task": "depth_supervised",
-        "run_id": pretrain["run_id"],
-        "checkpoint": str(checkpoint),
-        "run": {"model": pretrain["model"], "task": pretrain["task"]},
-    }
+    init = pretrained_init(pretrain, checkpoint)
     task = get_task("segmentation")(_finetune_run(tiny_shards, "resnet18", init))
     torch.manual_seed(0)
     model = task.build_model()
@@ -358,13 +323,7 @@ def test_encoder_only_finetune_from_a_depth_checkpoint(
     depth_model = get_task("depth_supervised")(pretrain).build_model()
     checkpoint = tmp_path / "model.pt"
     torch.save({"model": depth_model.state_dict()}, checkpoint)
-    init = {
-        "name": "depth_supervised",
-        "task": "depth_supervised",
-        "run_id": pretrain["run_id"],
-        "checkpoint": str(checkpoint),
-        "run": {"model": pretrain["model"], "task": pretrain["task"]},
-    }
+    init = pretrained_init(pretrain, checkpoint)
     model = get_task("segmentation")(
         _finetune_run(tiny_shards, encoder, init, mode="encoder_only")
     ).build_model()

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from geosem.train.distributed import Distributed, free_port
 from geosem.train.loop import LoopSpec, StepBatchSampler, train
 from torch import nn
 from torch.utils.data import Dataset
+
+from tests.helpers import run_snapshot, start_job, write_run
 
 # Only light imports at module level: the toy test's worker processes import this module again.
 
@@ -110,6 +111,7 @@ def _toy_run(rank: int, world_size: int, port: int, run_dir: str) -> None:
     dist.close()
 
 
+@pytest.mark.slow  # torch.multiprocessing spawns two interpreters
 def test_two_gloo_processes_take_the_steps_of_one(tmp_path: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
@@ -129,13 +131,8 @@ def test_two_gloo_processes_take_the_steps_of_one(tmp_path: Path) -> None:
     assert curves_one["mse"].iloc[-1] < curves_one["mse"].iloc[0]
 
 
-def _job(run: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "geosem.cli", "-v", "finetune", "--run", str(run), "--threads", "2", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def _job(run: Path) -> subprocess.Popen[str]:
+    return start_job("finetune", run, "--procs", "2", threads=2)
 
 
 def _children(pid: int) -> list[int]:
@@ -143,19 +140,17 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
+@pytest.mark.slow  # `geosem finetune --procs 2` processes
 def test_two_process_job_stops_together_and_resumes_exactly(tiny_shards: Path, tmp_path: Path) -> None:
     from geosem.shards.reader import ShardSet
-    from geosem.studies.plan import read_run_snapshot
+    from geosem.snapshot import read_snapshot
     from geosem.tasks import get_task
     from geosem.train import jobs
 
-    from tests.unit.test_train import SEG_TASK, _snapshot, _write
+    snapshot = run_snapshot(tiny_shards, "finetune", "seg", 6, loop={"eval_every": 3})
 
-    snapshot = _snapshot(tiny_shards, "finetune", "seg", 6, task=SEG_TASK, init={"name": "random"})
-    snapshot["loop"]["eval_every"] = 3
-
-    whole = _write(tmp_path / "whole", snapshot)
-    job = _job(whole, "--procs", "2")
+    whole = write_run(tmp_path / "whole", snapshot)
+    job = _job(whole)
     out, err = job.communicate(timeout=600)
     assert job.returncode == 0, err[-4000:]
     metrics = json.loads((whole.parent / "metrics.json").read_text())
@@ -163,7 +158,7 @@ def test_two_process_job_stops_together_and_resumes_exactly(tiny_shards: Path, t
     assert list(pd.read_csv(whole.parent / "curves.csv")["step"]) == [3, 6]
 
     # The metrics are those of the saved weights over the whole test split, evaluated once.
-    run = read_run_snapshot(whole)
+    run = read_snapshot(whole)
     task = get_task("segmentation")(run)
     model = task.build_model()
     model.load_state_dict(torch.load(whole.parent / "model.pt", weights_only=True)["model"])
@@ -174,8 +169,8 @@ def test_two_process_job_stops_together_and_resumes_exactly(tiny_shards: Path, t
 
     # SIGUSR1 to rank 1 only: rank 0 learns of it through the per-step reduction, both stop after the
     # same step, rank 0 writes the checkpoint, the launcher exits 75.
-    split = _write(tmp_path / "split", snapshot)
-    job = _job(split, "--procs", "2")
+    split = write_run(tmp_path / "split", snapshot)
+    job = _job(split)
     deadline = time.monotonic() + 300
     while not (split.parent / "checkpoint.pt").exists():
         assert job.poll() is None, job.communicate()[1][-4000:]
@@ -193,7 +188,7 @@ def test_two_process_job_stops_together_and_resumes_exactly(tiny_shards: Path, t
     step = torch.load(split.parent / "checkpoint.pt", weights_only=False)["step"]
     assert 0 < step < 6 and not (split.parent / "metrics.json").exists()
 
-    job = _job(split, "--procs", "2")
+    job = _job(split)
     _, err = job.communicate(timeout=600)
     assert job.returncode == 0, err[-4000:]
     assert f"resuming {split.parent} from step {step}" in err

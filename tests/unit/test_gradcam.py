@@ -16,9 +16,11 @@ from geosem.analysis import gradcam_figure, segmentation_gradcam, shallow_layer
 from geosem.analysis.gradcam import _palette
 from geosem.cli import main
 from geosem.models import build_dense_model
-from geosem.studies.plan import write_run_snapshot
+from geosem.snapshot import write_snapshot
 from geosem.train.jobs import run_job
 from torch import nn
+
+from tests.helpers import DEPTH_TASK, pretrained_init, run_snapshot, write_run
 
 # ------------------------------------------------------------------------------------------------------
 # The CAM, by hand
@@ -225,47 +227,9 @@ def test_cityscapes_palette_uses_cityscapes_colours() -> None:
 # ------------------------------------------------------------------------------------------------------
 # The figure of real fine-tuned runs
 
-MODEL = {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]}
-DEPTH_TASK = {"name": "depth_supervised", "min_depth": 0.1, "max_depth": 100.0, "hflip": True}
-SEG_TASK = {"name": "segmentation", "mode": "all", "hflip": True, "classifier_kernel": 3}
-
-
-def _snapshot(shards: Path, kind: str, run_id: str, task: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "run_id": run_id,
-        "kind": kind,
-        "seed": 1,
-        "model": MODEL,
-        "task": task,
-        "data": {
-            "dataset": "synth_driving",
-            "variant": shards.name,
-            "shards": str(shards),
-            "label_space": "cityscapes19",
-            "num_classes": 19,
-            "train_split": "train",
-            "test_split": "test",
-            "test_stride": 1,
-            "train_size": 4,
-        },
-        "loop": {
-            "steps": 2,
-            "batch_size": 2,
-            "lr": 1e-3,
-            "weight_decay": 0.0,
-            "lr_schedule": "cosine",
-            "eval_every": 2,
-            "checkpoint_every": 2,
-        },
-        "evaluation": {"batch_size": 4, "max_depth": 80.0},
-        "compute": {"num_workers": 0},
-        **extra,
-    }
-
 
 def _train(root: Path, snapshot: dict[str, Any]) -> Path:
-    path = root / snapshot["kind"] / snapshot["run_id"] / "run.yaml"
-    write_run_snapshot(snapshot, path)
+    path = write_run(root, snapshot)
     run_job(path, threads=1)
     return path.parent
 
@@ -274,17 +238,11 @@ def _train(root: Path, snapshot: dict[str, Any]) -> Path:
 def finetuned_runs(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two 2-step fine-tunes on the tiny shards: from a random init and from a 2-step depth pre-training."""
     root = tmp_path_factory.mktemp("gradcam_runs")
-    pretrain = _train(root, _snapshot(tiny_shards, "pretrain", "depth", DEPTH_TASK))
-    depth_init = {
-        "name": "depth_supervised",
-        "task": "depth_supervised",
-        "run_id": "depth",
-        "checkpoint": str(pretrain / "model.pt"),
-        "run": {"model": MODEL, "task": DEPTH_TASK},
-    }
+    pretrain = run_snapshot(tiny_shards, "pretrain", "depth", task=DEPTH_TASK)
+    depth_init = pretrained_init(pretrain, _train(root, pretrain) / "model.pt")
     return [
-        _train(root, _snapshot(tiny_shards, "finetune", "seg-random", SEG_TASK, init={"name": "random"})),
-        _train(root, _snapshot(tiny_shards, "finetune", "seg-depth", SEG_TASK, init=depth_init)),
+        _train(root, run_snapshot(tiny_shards, "finetune", "seg-random", init={"name": "random"})),
+        _train(root, run_snapshot(tiny_shards, "finetune", "seg-depth", init=depth_init)),
     ]
 
 
@@ -325,11 +283,11 @@ def test_another_layer_can_be_named(finetuned_runs: list[Path], tmp_path: Path) 
 
 
 def test_runs_on_other_shards_are_refused(finetuned_runs: list[Path], tmp_path: Path) -> None:
-    other = tmp_path / "elsewhere"
+    other = tmp_path / "elsewhere" / finetuned_runs[1].name  # a run's folder is named by its id
     shutil.copytree(finetuned_runs[1], other)
     run = yaml.safe_load((other / "run.yaml").read_text())
     run["data"]["shards"] = str(tmp_path / "other_shards")
-    write_run_snapshot(run, other / "run.yaml")
+    write_snapshot(run, other / "run.yaml")
     with pytest.raises(ValueError, match="shard set"):
         gradcam_figure([finetuned_runs[0], other], tmp_path / "x.png", num_images=1)
     assert not (tmp_path / "x.png").exists()

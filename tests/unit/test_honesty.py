@@ -20,8 +20,8 @@ from geosem.geometry import flow_from_depth_pose, intrinsics_matrix, warp_with_d
 from geosem.labelspaces import IGNORE_INDEX
 from geosem.shards.reader import ShardSet
 from geosem.sources import convert
-from geosem.sources.synthetic.driving import DrivingWorldConfig
-from geosem.sources.synthetic.kitti_writer import write_driving_world
+from geosem.worlds.driving import DrivingWorldConfig
+from geosem.worlds.kitti_writer import write_driving_world
 
 HEIGHT, WIDTH = 48, 160
 WORLD = DrivingWorldConfig(

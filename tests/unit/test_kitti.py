@@ -21,10 +21,11 @@ from geosem.sources.kitti import (
     read_mapping,
     read_velodyne,
 )
-from geosem.sources.synthetic.driving import DriveRenderer, drive_ids
-from geosem.sources.synthetic.kitti_writer import encode_flow, semantics_selection
+from geosem.worlds.driving import drive_ids
+from geosem.worlds.driving_frames import DriveRenderer
+from geosem.worlds.kitti_writer import encode_flow, semantics_selection
 
-from tests.conftest import TINY_WORLD
+from tests.helpers import TINY_WORLD
 
 
 def test_calibration_gives_kitti_intrinsics_and_baselines(tiny_raw: Path) -> None:

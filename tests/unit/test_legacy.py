@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 from geosem.aggregate import aggregate_study
+from geosem.cli import main as geosem_main
 from geosem.labelspaces import cityscapes_id_to_train_id
 from geosem.metrics.legacy import legacy_scores
 from geosem.shards.manifest import read_manifest
 from geosem.shards.reader import ShardSet
 from geosem.sources import convert
-from geosem.sources.__main__ import main as sources_main
 from geosem.sources.common import resize_label_ids
 from geosem.tasks import get_task
 from geosem.tasks.base import iterate_batches
@@ -29,8 +29,7 @@ from geosem.train.seeding import seed_everything
 from torch import nn
 from torch.utils.data import Dataset
 
-from tests.unit.test_aggregate import _fake_run as fake_finetune_run
-from tests.unit.test_train import SEG_TASK, _snapshot, _write
+from tests.helpers import LOOP, SEG_TASK, fake_finetune_run, markdown_tables, run_snapshot, write_run
 
 LEGACY_TASK = {**SEG_TASK, "mode": "frozen", "freeze": "batchnorm", "metric": "legacy", "hflip": False}
 
@@ -83,25 +82,30 @@ def test_without_zero_grad_the_gradients_accumulate(tmp_path: Path) -> None:
     # The first update is the same (nothing accumulated yet); later ones differ.
     assert torch.equal(_linear_run(tmp_path, True, 1).weight, _linear_run(tmp_path, False, 1).weight)
     assert not torch.equal(with_zero.weight, without.weight)
-    assert LoopSpec.from_dict({**_snapshot(Path("x"), "finetune", "x", 2)["loop"]}, seed=0).zero_grad
+    assert LoopSpec.from_dict(dict(LOOP), seed=0).zero_grad  # a loop section that does not say: on
 
 
 def _legacy_snapshot(tiny_shards: Path, run_id: str, steps: int, **data: Any) -> dict[str, Any]:
-    snap = _snapshot(tiny_shards, "finetune", run_id, steps, task=dict(LEGACY_TASK), init={"name": "random"})
-    snap["loop"]["zero_grad"] = False
-    snap["data"].update({"split_rule": "legacy", "train_size": 2, **data})
-    return snap
+    return run_snapshot(
+        tiny_shards,
+        "finetune",
+        run_id,
+        steps,
+        task=LEGACY_TASK,
+        loop={"zero_grad": False},
+        data={"split_rule": "legacy", "train_size": 2, **data},
+    )
 
 
 def test_a_stopped_legacy_run_resumes_to_the_same_weights(tiny_shards: Path, tmp_path: Path) -> None:
     """All legacy keys together (no zero_grad, BatchNorm-only freeze, legacy metric and split): the
     accumulated gradients travel in the checkpoint, so a stopped and resumed run is bit-identical."""
     snap = _legacy_snapshot(tiny_shards, "legacy", 6)
-    whole = _write(tmp_path / "whole", snap)
+    whole = write_run(tmp_path / "whole", snap)
     first = run_job(whole, threads=2)
     assert first is not None
 
-    split = _write(tmp_path / "split", snap)
+    split = write_run(tmp_path / "split", snap)
     assert run_job(split, threads=2, max_steps_this_call=3) is None
     state = torch.load(split.parent / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3
@@ -128,11 +132,11 @@ def test_batchnorm_freeze_trains_the_encoder_but_keeps_its_statistics(
     tiny_shards: Path, tmp_path: Path, freeze: str
 ) -> None:
     task = {**SEG_TASK, "mode": "frozen", "freeze": freeze}
-    snap = _snapshot(tiny_shards, "finetune", f"frozen-{freeze}", 2, task=task, init={"name": "random"})
+    snap = run_snapshot(tiny_shards, "finetune", f"frozen-{freeze}", 2, task=task, init={"name": "random"})
     # run_job seeds and builds the same way, so this is its initial model (the "full" case checks it).
     seed_everything(snap["seed"])
     start = get_task("segmentation")(snap).build_model().state_dict()
-    path = _write(tmp_path, snap)
+    path = write_run(tmp_path, snap)
     run_job(path, threads=2)
     end = torch.load(path.parent / "model.pt", weights_only=True)["model"]
     statistics = [k for k in start if k.startswith("encoder.") and ("running_" in k)]
@@ -149,7 +153,7 @@ def test_batchnorm_freeze_trains_the_encoder_but_keeps_its_statistics(
 
 def test_an_unknown_freeze_is_refused(tiny_shards: Path) -> None:
     task = {**SEG_TASK, "mode": "frozen", "freeze": "encoder"}
-    snap = _snapshot(tiny_shards, "finetune", "x", 1, task=task, init={"name": "random"})
+    snap = run_snapshot(tiny_shards, "finetune", "x", 1, task=task, init={"name": "random"})
     with pytest.raises(ValueError, match="freeze"):
         get_task("segmentation")(snap).build_model()
 
@@ -163,8 +167,7 @@ def test_evaluation_reports_both_metrics_and_names_one(tiny_shards: Path) -> Non
     ids = shards.ids("test")
     results = {}
     for metric in ("dataset", "legacy"):
-        snap = _snapshot(tiny_shards, "finetune", "x", 1, task={**SEG_TASK, "metric": metric})
-        snap["init"] = {"name": "random"}
+        snap = run_snapshot(tiny_shards, "finetune", "x", 1, task={**SEG_TASK, "metric": metric})
         task = get_task("segmentation")(snap)
         torch.manual_seed(0)
         model = task.build_model()
@@ -194,7 +197,7 @@ def test_split_rules(tiny_shards: Path) -> None:
     labelled = shards.ids("test")  # index order: semantics-000000_10, ...
     assert labelled == sorted(labelled) and len(labelled) == 4
 
-    heldout = _snapshot(tiny_shards, "finetune", "h", 1, task=SEG_TASK)
+    heldout = run_snapshot(tiny_shards, "finetune", "h", 1, task=SEG_TASK)
     for size in (2, 3):
         heldout["data"]["train_size"] = size
         train_ids, test = split_ids(shards, heldout)
@@ -216,7 +219,7 @@ def test_split_rules(tiny_shards: Path) -> None:
     legacy["data"]["split_rule"] = "random"
     with pytest.raises(ValueError, match="split_rule 'random'"):
         split_ids(shards, legacy)
-    pretrain = _snapshot(tiny_shards, "pretrain", "p", 1)
+    pretrain = run_snapshot(tiny_shards, "pretrain", "p", 1)
     assert split_ids(shards, pretrain) == (shards.ids("train"), labelled)
     pretrain["data"]["split_rule"] = "legacy"
     with pytest.raises(ValueError, match="fine-tuning only"):
@@ -249,7 +252,7 @@ def test_a_bicubic_conversion_says_so_in_its_manifest(tiny_raw: Path, tmp_path: 
     out = tmp_path / "synth_driving" / "48x80-bicubic"
     common = ["--converter", "kitti", "--dataset", "synth_driving", "--raw", str(tiny_raw)]
     size = ["--height", "48", "--width", "80", "--samples-per-part", "16", "--label-interpolation"]
-    assert sources_main(["convert", *common, "--out", str(out), *size, "bicubic"]) == 0
+    assert geosem_main(["convert", *common, "--out", str(out), *size, "bicubic"]) == 0
     nearest = convert("kitti", tiny_raw, tmp_path / "nearest", height=48, width=80, progress=False)
     assert read_manifest(out).parameters["label_interpolation"] == "bicubic"
     assert read_manifest(nearest).parameters["label_interpolation"] == "nearest"
@@ -273,10 +276,6 @@ def test_a_bicubic_conversion_says_so_in_its_manifest(tiny_raw: Path, tmp_path: 
 
 # ----------------------------------------------------------------------------------------------------
 # Welch t-test column
-
-
-def _fake_run(root: Path, init: str, seed: int, miou: float) -> Path:
-    return fake_finetune_run(root, init, seed, miou, 0.5)
 
 
 def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -308,7 +307,7 @@ def test_welch_p_matches_a_hand_computation(tmp_path: Path) -> None:
         "inpainting": [0.31, 0.33, 0.35, 0.36],
     }
     runs = [
-        _fake_run(tmp_path / "runs", init, seed, miou)
+        fake_finetune_run(tmp_path / "runs", init, seed, miou, 0.5)
         for init, mious in values.items()
         for seed, miou in enumerate(mious)
     ]
@@ -318,7 +317,7 @@ def test_welch_p_matches_a_hand_computation(tmp_path: Path) -> None:
         runs,
         table_csv=out / "t.csv",
         table_md=out / "t.md",
-        metrics_path=out / "m.json",
+        metrics_dir=out / "metrics" / "unit",
         curves_plot=out / "c.png",
     ).set_index("init")
     t, p = _welch_by_hand(values["depth_supervised"], values["random"])
@@ -333,13 +332,18 @@ def test_welch_p_matches_a_hand_computation(tmp_path: Path) -> None:
 
     csv = pd.read_csv(out / "t.csv")
     assert {"miou_welch_t", "miou_welch_p", "n_seeds", "baseline_n_seeds"} <= set(csv.columns)
-    markdown = (out / "t.md").read_text()
-    assert "resnet18 all N=16 p (Welch vs random)" in markdown
-    assert f"| {p:.3f} (3 vs 3 seeds) |" in markdown
-    assert "| n/a (1 vs 3 seeds) |" in markdown
-    assert "| random | 30.0 ± 5.8 |" in markdown
-    metrics = json.loads((out / "m.json").read_text())["unit"]
-    assert (
-        "miou_welch_p" not in metrics["flow"]["resnet18-all-n16"]
-    )  # undefined: left out, as DVC drops nulls
-    assert metrics["depth_supervised"]["resnet18-all-n16"]["miou_welch_p"] == pytest.approx(p, abs=1e-6)
+    # The tests table beneath the scores: the p of each row against random, with both seed counts.
+    scores, tests = markdown_tables((out / "t.md").read_text())
+    assert tests[0] == ["Pre-training", "r18-all-n16", "seeds"]
+    assert {row[0]: row[1] for row in tests[2:]} == {
+        "random": "baseline (3)",
+        "depth_supervised": f"{p:.3f} (3 vs 3)",
+        "flow": "n/a (1 vs 3)",
+        "inpainting": f"{p4:.3f} (4 vs 3)",
+    }
+    assert ["random", "30.0 ± 5.8", "50.0 ± 0.0"] in scores
+    metrics = out / "metrics" / "unit" / "r18-all-n16"
+    flow = json.loads((metrics / "flow.json").read_text())
+    assert "p_welch" not in flow and flow["n"] == 1  # undefined: left out, as DVC drops nulls
+    depth = json.loads((metrics / "depth_supervised.json").read_text())
+    assert depth["p_welch"] == float(f"{p:.3g}")  # 3 significant digits

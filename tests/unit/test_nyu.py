@@ -13,9 +13,9 @@ from geosem.labelspaces import IGNORE_INDEX, NYU40_CLASSES
 from geosem.shards.reader import ShardSet
 from geosem.sources import convert
 from geosem.sources.matfile import MatFileError, read_mat5, read_mat73_strings, write_mat5
-from geosem.sources.synthetic.indoor import IndoorWorldConfig, render_room
-from geosem.sources.synthetic.nyu_writer import write_batch, write_nyu_files
-from geosem.sources.synthetic.parts import NYU_RAW_NAMES, NYU_RAW_TO_40, PARTS
+from geosem.worlds.indoor import IndoorWorldConfig, render_room
+from geosem.worlds.nyu_writer import write_batch, write_nyu_files
+from geosem.worlds.parts import NYU_RAW_NAMES, NYU_RAW_TO_40, PARTS
 
 # Written by scipy 1.17.1 (scipy.io.savemat), so the reader is checked against an independent writer:
 # trainNdxs [[3],[5],[8]], testNdxs [[1],[2]] (double), mapClass [[40,1,7,22,2,5]] (uint8) and a cell

@@ -9,24 +9,15 @@ from typing import Any
 import pytest
 import yaml
 from geosem.studies import plan_runs
+from geosem.studies.plan import pretrain_task_section
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from tests.conftest import REPO
-
-SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def _config(**overrides: Any) -> dict[str, Any]:
-    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    config.update(overrides)
-    config["study_dir"] = str(REPO / "config" / "studies")
-    validate(config, str(SCHEMA))
-    return config
+from tests.helpers import CONFIG_SCHEMA, REPO, validated_config
 
 
 def test_default_study_expands_into_shared_pretraining_and_six_finetunes() -> None:
-    plan = plan_runs(_config())
+    plan = plan_runs(validated_config())
     assert list(plan.pretrain) == ["depth_supervised-resnet18-synth_driving-64x192-v2-s0"]
     assert sorted(plan.finetune) == sorted(
         f"seg-{init}-all-resnet18-synth_driving-64x192-v2-n16-s{seed}"
@@ -41,12 +32,12 @@ def test_default_study_expands_into_shared_pretraining_and_six_finetunes() -> No
 
 
 def test_ids_and_snapshots_are_stable() -> None:
-    assert plan_runs(_config()) == plan_runs(_config())
+    assert plan_runs(validated_config()) == plan_runs(validated_config())
 
 
 def test_a_finetune_edit_touches_exactly_the_finetune_snapshots() -> None:
-    base = plan_runs(_config())
-    config = _config()
+    base = plan_runs(validated_config())
+    config = validated_config()
     config["finetune"]["lr"] = config["finetune"]["lr"] * 2
     edited = plan_runs(config)
     assert edited.pretrain == base.pretrain
@@ -57,8 +48,8 @@ def test_a_finetune_edit_touches_exactly_the_finetune_snapshots() -> None:
 def test_a_pretrain_loop_edit_changes_only_the_pretraining_snapshot() -> None:
     # Fine-tunes that use the pre-training rerun through their model.pt input (tests/workflow), not
     # through their own snapshot, which holds only what the fine-tune itself reads.
-    base = plan_runs(_config())
-    config = _config()
+    base = plan_runs(validated_config())
+    config = validated_config()
     config["pretrain"]["steps"] += 1
     edited = plan_runs(config)
     assert edited.finetune == base.finetune
@@ -71,47 +62,61 @@ def test_two_studies_share_identical_runs_and_refuse_conflicting_ones(tmp_path: 
     studies.mkdir()
     (studies / "a.yaml").write_text("inits: [random]\nseeds: [0, 1]\n")
     (studies / "b.yaml").write_text("inits: [random]\nseeds: [1, 2]\n")
-    plan = plan_runs(_config(studies=["a", "b"], study_dir=str(studies)), study_dir=studies)
+    plan = plan_runs(validated_config(studies=["a", "b"], study_dir=str(studies)), study_dir=studies)
     assert len(plan.finetune) == 3
     assert plan.studies["b"][0] == plan.studies["a"][1]
     (studies / "c.yaml").write_text("inits: [depth_flow]\nseeds: [0]\n")
     with pytest.raises(KeyError, match="init 'depth_flow'"):
-        plan_runs(_config(studies=["c"]), study_dir=studies)
+        plan_runs(validated_config(studies=["c"]), study_dir=studies)
 
 
 def test_schema_rejects_a_bad_value_and_names_the_key() -> None:
-    config = _config()
+    config = validated_config()
     bad = copy.deepcopy(config)
     bad["finetune"]["steps"] = "many"
     with pytest.raises(WorkflowError, match="steps"):
-        validate(bad, str(SCHEMA))
+        validate(bad, str(CONFIG_SCHEMA))
     typo = copy.deepcopy(config)
     typo["finetune"]["learning_rate"] = 0.1
     with pytest.raises(WorkflowError, match="learning_rate"):
-        validate(typo, str(SCHEMA))
+        validate(typo, str(CONFIG_SCHEMA))
 
 
 def test_schema_fills_every_default() -> None:
     config: dict[str, Any] = {}
-    validate(config, str(SCHEMA))
+    validate(config, str(CONFIG_SCHEMA))
     assert config["finetune"]["train_size"] == 16
-    assert config["pretrain"]["tasks"]["depth_supervised"]["max_depth"] == 100.0
     assert config["studies"] == ["default"]
+    # Task parameters come from the task module, not the schema: the planner fills them in.
+    assert pretrain_task_section(config, "depth_supervised")["max_depth"] == 100.0
+
+
+def test_a_task_entry_is_checked_against_the_parameters_its_module_declares() -> None:
+    config = validated_config()
+    config["pretrain"]["tasks"]["mae_seed"]["patch_size"] = 3
+    with pytest.raises(ValueError, match=r"pretrain.tasks.mae_seed: .*'patch_size' was unexpected"):
+        plan_runs(config)
+    config = validated_config()
+    config["pretrain"]["tasks"]["depth_mono_rand"]["smoothness"] = -1
+    with pytest.raises(ValueError, match=r"pretrain.tasks.depth_mono_rand.smoothness: -1 is less than"):
+        plan_runs(config)
 
 
 def _study(tmp_path: Path, **study: Any) -> dict[str, Any]:
     studies = tmp_path / "studies"
     studies.mkdir(exist_ok=True)
     (studies / "s.yaml").write_text(yaml.safe_dump(study))
-    config = _config(studies=["s"])
+    config = validated_config(studies=["s"])
     config["study_dir"] = str(studies)
     return config
 
 
 def test_variant_names_carry_converter_version_and_non_default_parameters(monkeypatch: Any) -> None:
-    from geosem.sources import kitti
+    import dataclasses
 
-    plan = plan_runs(_config())
+    from geosem import sources
+
+    plan = plan_runs(validated_config())
     assert "synth_driving/64x192-v2" in plan.shards
     spec = plan.shards["synth_driving/64x192-v2"]
     assert (spec["converter"], spec["converter_version"], spec["label_interpolation"]) == (
@@ -120,8 +125,9 @@ def test_variant_names_carry_converter_version_and_non_default_parameters(monkey
         "nearest",
     )
     # A new converter version converts into a new folder: the old shard set (and its runs) stay.
-    monkeypatch.setattr(kitti, "CONVERTER_VERSION", "3")
-    bumped = plan_runs(_config())
+    kitti = sources.converter_spec("kitti")
+    monkeypatch.setitem(sources._CONVERTERS, "kitti", dataclasses.replace(kitti, version="3"))
+    bumped = plan_runs(validated_config())
     assert "synth_driving/64x192-v3" in bumped.shards and "synth_driving/64x192-v2" not in bumped.shards
     assert all("64x192-v3" in run_id for run_id in bumped.finetune)
 
@@ -177,7 +183,7 @@ def test_every_study_file_plans_offline() -> None:
             yaml.safe_load((REPO / "config" / "studies" / f"{name}.yaml").read_text()),
             str(REPO / "workflow" / "schemas" / "study.schema.yaml"),
         )
-        plan = plan_runs(_config(studies=[name]))
+        plan = plan_runs(validated_config(studies=[name]))
         assert plan.studies[name], name
         for row in plan.unavailable[name]:
             assert row["init"] in (

@@ -12,87 +12,48 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
-from geosem.studies.plan import write_run_snapshot
+
+from tests.helpers import cli_env, job_command, pretrain_task, run_snapshot, start_job, write_run
+
+pytestmark = pytest.mark.slow  # real `geosem pretrain` processes
 
 STEPS = 12
 CHECKPOINT_EVERY = 2
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def _snapshot(shards: Path) -> dict[str, Any]:
-    return {
-        "run_id": "depth_mono_rand-resnet18-synth_driving-64x96-s0",
-        "kind": "pretrain",
-        "seed": 0,
-        "task": {
-            "name": "depth_mono",
-            "min_depth": 0.1,
-            "max_depth": 100.0,
-            "hflip": True,
-            "smoothness": 0.001,
-            "encoder_init": "random",
-        },
-        "model": {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]},
-        "data": {
-            "dataset": "synth_driving",
-            "variant": shards.name,
-            "shards": str(shards),
-            "label_space": "cityscapes19",
-            "num_classes": 19,
-            "train_split": "train",
-            "test_split": "test",
-            "test_stride": 1,
-        },
-        "loop": {
-            "steps": STEPS,
-            "batch_size": 2,
-            "lr": 1e-3,
-            "weight_decay": 0.0,
-            "lr_schedule": "cosine",
-            "eval_every": 6,
-            "checkpoint_every": CHECKPOINT_EVERY,
-        },
-        "evaluation": {"batch_size": 4, "max_depth": 80.0},
-        "compute": {"num_workers": 0},
-    }
+    return run_snapshot(
+        shards,
+        "pretrain",
+        "depth_mono_rand-resnet18-synth_driving-64x96-s0",
+        STEPS,
+        task=pretrain_task("depth_mono_rand"),
+        seed=0,
+        loop={"eval_every": 6, "checkpoint_every": CHECKPOINT_EVERY},
+    )
 
 
 def _command(run: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "geosem.cli",
-        "pretrain",
-        "--run",
-        str(run),
-        "--threads",
-        "1",
-        "--procs",
-        "1",
-    ]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return job_command("pretrain", run, "--procs", "1")
 
 
 def test_sigkill_then_rerun_matches_an_uninterrupted_run(tiny_shards: Path, tmp_path: Path) -> None:
     snapshot = _snapshot(tiny_shards)
-    whole = tmp_path / "whole" / "run.yaml"
-    killed = tmp_path / "killed" / "run.yaml"
-    write_run_snapshot(snapshot, whole)
-    write_run_snapshot(snapshot, killed)
+    whole = write_run(tmp_path / "whole", snapshot)
+    killed = write_run(tmp_path / "killed", snapshot)
 
-    subprocess.run(_command(whole), check=True, env=_env(), capture_output=True, timeout=600)
+    subprocess.run(_command(whole), check=True, env=cli_env(NO_GPU), capture_output=True, timeout=600)
 
     checkpoint = killed.parent / "checkpoint.pt"
-    process = subprocess.Popen(
-        _command(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    process = start_job(
+        "pretrain", killed, "--procs", "1", env=NO_GPU, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -105,7 +66,7 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(tiny_shards: Path, tmp_
     assert 0 < saved_step < STEPS and saved_step % CHECKPOINT_EVERY == 0
 
     rerun = subprocess.run(
-        _command(killed), check=True, env=_env(), capture_output=True, text=True, timeout=600
+        _command(killed), check=True, env=cli_env(NO_GPU), capture_output=True, text=True, timeout=600
     )
     resumed_from = int(re.search(r"resuming \S+ from step (\d+)", rerun.stderr).group(1))
     # The rerun starts at the last checkpoint; the killed process had run fewer than CHECKPOINT_EVERY

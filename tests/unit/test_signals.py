@@ -11,29 +11,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from geosem.train.jobs import run_job
 
-from tests.unit.test_train import SEG_TASK, _snapshot, _write
+from tests.helpers import run_snapshot, start_job, write_run
+
+pytestmark = pytest.mark.slow  # real `geosem finetune` processes
 
 EXIT_RESUMABLE = 75
 STEPS = 8
-
-
-def start_job(run: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "geosem.cli", "-v", "finetune", "--run", str(run), "--threads", "1", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def checkpoint_identity(path: Path) -> tuple[int, int] | None:
@@ -61,17 +53,17 @@ def checkpoint_step(run_dir: Path) -> int:
 
 
 def test_signalled_job_resumes_and_ends_like_an_uninterrupted_one(tiny_shards: Path, tmp_path: Path) -> None:
-    snapshot = _snapshot(tiny_shards, "finetune", "seg", STEPS, task=SEG_TASK, init={"name": "random"})
-    snapshot["loop"]["eval_every"] = 4  # checkpoints every 2 steps, evaluations (the slow part) rarer
-    whole = _write(tmp_path / "whole", snapshot)
+    # Checkpoints every 2 steps, evaluations (the slow part) rarer.
+    snapshot = run_snapshot(tiny_shards, "finetune", "seg", STEPS, loop={"eval_every": 4})
+    whole = write_run(tmp_path / "whole", snapshot)
     expected = run_job(whole, threads=1)  # the thread count of the jobs below: bit-identical floats
     assert expected is not None
-    split = _write(tmp_path / "split", snapshot)
+    split = write_run(tmp_path / "split", snapshot)
     run_dir = split.parent
 
     # 1. A real job process gets SIGTERM (what SLURM sends before the time limit) after its first
     #    checkpoint: it saves the step it reached and exits 75.
-    job = start_job(split)
+    job = start_job("finetune", split)
     try:
         wait_for_new_checkpoint(run_dir, None, lambda: job.poll() is None)
         job.send_signal(signal.SIGTERM)
@@ -99,7 +91,7 @@ def test_signalled_job_resumes_and_ends_like_an_uninterrupted_one(tiny_shards: P
     assert 0 < first_stop < second_stop < STEPS, (first_stop, second_stop)
 
     # 3. The retry runs to the end: same metrics, curves and weights as the uninterrupted run.
-    final = start_job(split)
+    final = start_job("finetune", split)
     out, err = final.communicate(timeout=300)
     assert final.returncode == 0, err[-3000:]
     assert f"resuming {run_dir} from step {second_stop}" in err

@@ -4,7 +4,6 @@ transfers to segmentation."""
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import Any
@@ -17,37 +16,35 @@ from geosem.tasks import get_task, list_tasks
 from geosem.tasks.depth_mono import reproject, stereo_transform
 from geosem.tasks.photometric import photometric_error
 
-MODEL = {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]}
-TASKS: dict[str, dict[str, Any]] = {
-    "depth_supervised": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_mono": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_stereo": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_mono_stereo": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_lidar": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True},
-    "depth_cropped": {"min_depth": 0.1, "max_depth": 100.0, "hflip": True, "crop": [64, 64]},
-    "flow": {"smoothness": 2.0, "hflip": True},
-    "mae_seed": {"task": "mae", "variant": "seed", "seed_density": [0.001, 0.01], "patch": 7},
-    "mae_patch": {"task": "mae", "variant": "patch", "mask_ratio": 0.75, "patch": 8},
-}
+from tests.helpers import (
+    CONFIG_SCHEMA,
+    DEPTH_TASK,
+    PRETRAIN_TASKS,
+    REPO,
+    SEG_TASK,
+    pretrain_task,
+    run_snapshot,
+    write_run,
+)
 
 
 def _run(shards: Path, init: str) -> dict[str, Any]:
-    params = copy.deepcopy(TASKS[init])
-    name = params.pop("task", init)
-    return {
-        "run_id": f"{init}-test",
-        "kind": "pretrain",
-        "seed": 0,
-        "task": {"name": name, **params},
-        "model": MODEL,
-        "data": {"shards": str(shards), "train_split": "train", "test_split": "test", "test_stride": 1},
-        "evaluation": {"batch_size": 4, "max_depth": 80.0},
-    }
+    return run_snapshot(shards, "pretrain", f"{init}-test", task=pretrain_task(init), seed=0)
 
 
 def test_every_task_is_registered() -> None:
     expected = {"depth_supervised", "depth_mono", "depth_stereo", "depth_mono_stereo", "depth_lidar"}
-    assert expected | {"depth_cropped", "flow", "mae", "segmentation"} <= set(list_tasks())
+    expected |= {"depth_cropped", "flow", "mae"}
+    assert expected | {"segmentation"} <= set(list_tasks())
+    # The tests' table trains every pre-training task (test_task_trains_with_decreasing_loss_and_transfers).
+    assert {pretrain_task(init)["name"] for init in PRETRAIN_TASKS} == expected
+
+
+def test_the_tests_task_sections_are_resolved_as_the_planner_resolves_them() -> None:
+    from geosem.tasks import resolve_parameters
+
+    assert pretrain_task("depth_supervised") == DEPTH_TASK
+    assert {"name": "segmentation", **resolve_parameters("segmentation", {}, "finetune")} == SEG_TASK
 
 
 def test_stereo_warp_with_true_depth_reconstructs_the_left_image(tiny_shards: Path) -> None:
@@ -89,7 +86,7 @@ def test_lidar_field_is_sparse_and_loss_ignores_the_gaps(tiny_shards: Path) -> N
     assert not torch.isclose(task.loss(model, {"image": image, "depth_lidar": dense})[0], loss)
 
 
-@pytest.mark.parametrize("init", list(TASKS))
+@pytest.mark.parametrize("init", list(PRETRAIN_TASKS))
 def test_task_trains_with_decreasing_loss_and_transfers(tiny_shards: Path, init: str) -> None:
     run = _run(tiny_shards, init)
     task = get_task(run["task"]["name"])(run)
@@ -112,7 +109,7 @@ def test_task_trains_with_decreasing_loss_and_transfers(tiny_shards: Path, init:
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-2:]) < losses[0], losses
     # The labelled test frames have no sequence neighbours, so flow is scored on frame pairs of train.
-    eval_ids = shards.ids("train" if init == "flow" else "test")
+    eval_ids = shards.ids("train" if run["task"]["name"] == "flow" else "test")
     metrics = task.evaluate(model, shards, eval_ids)
     assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float))
     if run["task"]["name"].startswith("depth"):
@@ -130,21 +127,19 @@ def _zoo_config(study_dir: Path, inits: list[str], **pretrain: Any) -> dict[str,
     import yaml
     from snakemake.utils import validate
 
-    repo = Path(__file__).resolve().parents[2]
-    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["pretrain"].update(pretrain)
     (study_dir / "zoo.yaml").write_text(yaml.safe_dump({"inits": inits, "seeds": [0]}))
     config.update(studies=["zoo"], study_dir=str(study_dir))
-    validate(config, str(repo / "workflow" / "schemas" / "config.schema.yaml"))
+    validate(config, str(CONFIG_SCHEMA))
     return config
 
 
 def test_the_zoo_study_plans_every_task_offline(tmp_path: Path) -> None:
     from geosem.studies import plan_runs
 
-    repo = Path(__file__).resolve().parents[2]
     config = _zoo_config(tmp_path, [])  # a validated config; then the real study file
-    config.update(studies=["pretrain_zoo"], study_dir=str(repo / "config" / "studies"))
+    config.update(studies=["pretrain_zoo"], study_dir=str(REPO / "config" / "studies"))
     plan = plan_runs(config)
     tasks = {snapshot["task"]["name"] for snapshot in plan.pretrain.values()}
     assert tasks == {"depth_supervised", "depth_lidar", "depth_cropped", "depth_mono", "depth_stereo"} | {
@@ -201,25 +196,21 @@ def test_configured_imagenet_weights_are_loaded(tmp_path: Path) -> None:
     assert torch.allclose(pose_conv1, torch.cat([reference.conv1.weight] * 2, dim=1) * 0.5, atol=1e-6)
 
 
-def test_pretrain_table_lists_depth_metrics_of_each_pretraining(tmp_path: Path) -> None:
+def test_pretrain_table_lists_depth_metrics_of_each_pretraining(tiny_shards: Path, tmp_path: Path) -> None:
     import json
 
     import pandas as pd
     from geosem.aggregate.pretrain import write_pretrain_table
     from geosem.metrics.depth import DEPTH_METRIC_NAMES
-    from geosem.studies.plan import write_run_snapshot
 
     runs = []
-    for number, (init, task, scaled) in enumerate(
-        [
-            ("depth_mono_rand", "depth_mono", True),
-            ("depth_stereo_rand", "depth_stereo", False),
-            ("mae_seed", "mae", None),
-        ]
+    for number, (init, scaled) in enumerate(
+        [("depth_mono_rand", True), ("depth_stereo_rand", False), ("mae_seed", None)]
     ):
-        run_dir = tmp_path / f"{init}-resnet18-synth_driving-64x96-s0"
-        snapshot = {"run_id": run_dir.name, "model": MODEL, "task": {"name": task, "encoder_init": "random"}}
-        write_run_snapshot(snapshot, run_dir / "run.yaml")
+        run_id = f"{init}-resnet18-synth_driving-64x96-s0"
+        run_dir = write_run(
+            tmp_path, run_snapshot(tiny_shards, "pretrain", run_id, task=pretrain_task(init))
+        ).parent
         metrics: dict[str, Any] = {"steps": 3}
         if scaled is not None:
             metrics.update({f"depth_{name}": 0.1 * (number + 1) for name in DEPTH_METRIC_NAMES})

@@ -9,55 +9,11 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from geosem.studies.plan import write_run_snapshot
+from geosem.snapshot import write_snapshot
 from geosem.train.jobs import few_shot_subset, run_job
 from geosem.train.loop import StepBatchSampler
 
-
-def _snapshot(shards: Path, kind: str, run_id: str, steps: int, **extra: Any) -> dict[str, Any]:
-    data = {
-        "dataset": "synth_driving",
-        "variant": shards.name,
-        "shards": str(shards),
-        "label_space": "cityscapes19",
-        "num_classes": 19,
-        "train_split": "train",
-        "test_split": "test",
-        "test_stride": 1,
-        "train_size": 4,
-    }
-    loop = {
-        "steps": steps,
-        "batch_size": 2,
-        "lr": 1e-3,
-        "weight_decay": 0.0,
-        "lr_schedule": "cosine",
-        "eval_every": 2,
-        "checkpoint_every": 2,
-    }
-    model = {"encoder": "resnet18", "decoder_channels": [8, 16, 32, 64, 128]}
-    snapshot = {
-        "run_id": run_id,
-        "kind": kind,
-        "seed": 1,
-        "model": model,
-        "data": data,
-        "loop": loop,
-        "evaluation": {"batch_size": 4, "max_depth": 80.0},
-        "compute": {"num_workers": 0},
-    }
-    snapshot.update(extra)
-    return snapshot
-
-
-DEPTH_TASK = {"name": "depth_supervised", "min_depth": 0.1, "max_depth": 100.0, "hflip": True}
-SEG_TASK = {"name": "segmentation", "mode": "all", "hflip": True, "classifier_kernel": 3}
-
-
-def _write(root: Path, snapshot: dict[str, Any]) -> Path:
-    path = root / snapshot["kind"] / snapshot["run_id"] / "run.yaml"
-    write_run_snapshot(snapshot, path)
-    return path
+from tests.helpers import DEPTH_TASK, SEG_TASK, pretrained_init, run_snapshot, write_run
 
 
 def test_batch_order_depends_only_on_seed_and_step() -> None:
@@ -81,7 +37,7 @@ def test_few_shot_subset_is_seeded_and_independent_of_the_test_split() -> None:
 
 
 def test_depth_pretraining_loss_falls(tiny_shards: Path, tmp_path: Path) -> None:
-    run = _write(tmp_path, _snapshot(tiny_shards, "pretrain", "depth", 12, task=DEPTH_TASK))
+    run = write_run(tmp_path, run_snapshot(tiny_shards, "pretrain", "depth", 12, task=DEPTH_TASK))
     run_job(run, threads=2)
     curves = pd.read_csv(run.parent / "curves.csv")
     assert curves["train_loss"].iloc[-3:].mean() < curves["train_loss"].iloc[:2].mean()
@@ -91,21 +47,16 @@ def test_depth_pretraining_loss_falls(tiny_shards: Path, tmp_path: Path) -> None
 
 
 def test_finetune_from_depth_and_resume_matches_uninterrupted(tiny_shards: Path, tmp_path: Path) -> None:
-    pre = _write(tmp_path, _snapshot(tiny_shards, "pretrain", "depth", 4, task=DEPTH_TASK))
+    pretrain = run_snapshot(tiny_shards, "pretrain", "depth", 4, task=DEPTH_TASK)
+    pre = write_run(tmp_path, pretrain)
     run_job(pre, threads=2)
-    init = {
-        "name": "depth_supervised",
-        "task": "depth_supervised",
-        "run_id": "depth",
-        "checkpoint": str(pre.parent / "model.pt"),
-        "run": {"model": _snapshot(tiny_shards, "x", "x", 1)["model"], "task": DEPTH_TASK},
-    }
-    snap = _snapshot(tiny_shards, "finetune", "seg", 6, task=SEG_TASK, init=init)
-    whole = _write(tmp_path / "whole", snap)
+    init = pretrained_init(pretrain, pre.parent / "model.pt")
+    snap = run_snapshot(tiny_shards, "finetune", "seg", 6, task=SEG_TASK, init=init)
+    whole = write_run(tmp_path / "whole", snap)
     first = run_job(whole, threads=2)
     assert first is not None
 
-    split = _write(tmp_path / "split", snap)
+    split = write_run(tmp_path / "split", snap)
     assert run_job(split, threads=2, max_steps_this_call=3) is None  # stops resumably after step 3
     state = torch.load(split.parent / "checkpoint.pt", weights_only=False)
     assert state["step"] == 3 and not (split.parent / "metrics.json").exists()
@@ -119,39 +70,29 @@ def test_finetune_from_depth_and_resume_matches_uninterrupted(tiny_shards: Path,
 
 
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tiny_shards: Path, tmp_path: Path) -> None:
-    snap = _snapshot(tiny_shards, "finetune", "seg", 4, task=SEG_TASK, init={"name": "random"})
-    path = _write(tmp_path, snap)
+    snap = run_snapshot(tiny_shards, "finetune", "seg", 4, task=SEG_TASK, init={"name": "random"})
+    path = write_run(tmp_path, snap)
     assert run_job(path, threads=2, max_steps_this_call=2) is None
     snap["loop"]["lr"] = 5e-4
-    write_run_snapshot(snap, path)
+    write_snapshot(snap, path)
     run_job(path, threads=2)
     curves = pd.read_csv(path.parent / "curves.csv")
     assert curves["step"].tolist() == [2, 4]  # started from step 0, not from the stale checkpoint
 
 
 def test_missing_pretrained_checkpoint_is_named(tiny_shards: Path, tmp_path: Path) -> None:
-    init = {
-        "name": "depth_supervised",
-        "task": "depth_supervised",
-        "run_id": "gone",
-        "checkpoint": str(tmp_path / "gone" / "model.pt"),
-        "run": {"model": _snapshot(tiny_shards, "x", "x", 1)["model"], "task": DEPTH_TASK},
-    }
-    path = _write(tmp_path, _snapshot(tiny_shards, "finetune", "seg", 2, task=SEG_TASK, init=init))
+    pretrain = run_snapshot(tiny_shards, "pretrain", "gone", 2, task=DEPTH_TASK)
+    init = pretrained_init(pretrain, tmp_path / "gone" / "model.pt")
+    path = write_run(tmp_path, run_snapshot(tiny_shards, "finetune", "seg", 2, task=SEG_TASK, init=init))
     with pytest.raises(FileNotFoundError, match="gone"):
         run_job(path, threads=1)
 
 
 def _pretrained_init(tiny_shards: Path, tmp_path: Path) -> dict[str, Any]:
-    pre = _write(tmp_path / "pre", _snapshot(tiny_shards, "pretrain", "depth", 2, task=DEPTH_TASK))
+    pretrain = run_snapshot(tiny_shards, "pretrain", "depth", 2, task=DEPTH_TASK)
+    pre = write_run(tmp_path / "pre", pretrain)
     run_job(pre, threads=2)
-    return {
-        "name": "depth_supervised",
-        "task": "depth_supervised",
-        "run_id": "depth",
-        "checkpoint": str(pre.parent / "model.pt"),
-        "run": {"model": _snapshot(tiny_shards, "x", "x", 1)["model"], "task": DEPTH_TASK},
-    }
+    return pretrained_init(pretrain, pre.parent / "model.pt")
 
 
 def test_frozen_mode_trains_the_decoder_and_leaves_the_encoder_untouched(
@@ -159,8 +100,8 @@ def test_frozen_mode_trains_the_decoder_and_leaves_the_encoder_untouched(
 ) -> None:
     init = _pretrained_init(tiny_shards, tmp_path)
     start = torch.load(init["checkpoint"], weights_only=True)["model"]
-    snap = _snapshot(tiny_shards, "finetune", "frozen", 3, task={**SEG_TASK, "mode": "frozen"}, init=init)
-    path = _write(tmp_path, snap)
+    snap = run_snapshot(tiny_shards, "finetune", "frozen", 3, task={**SEG_TASK, "mode": "frozen"}, init=init)
+    path = write_run(tmp_path, snap)
     run_job(path, threads=2)
     end = torch.load(path.parent / "model.pt", weights_only=True)["model"]
     encoder_keys = [k for k in start if k.startswith("encoder.")]
@@ -177,7 +118,7 @@ def test_encoder_only_mode_starts_from_a_fresh_decoder(tiny_shards: Path, tmp_pa
     init = _pretrained_init(tiny_shards, tmp_path)
     start = torch.load(init["checkpoint"], weights_only=True)["model"]
     for mode, decoder_is_pretrained in (("all", True), ("encoder_only", False)):
-        snap = _snapshot(tiny_shards, "finetune", mode, 1, task={**SEG_TASK, "mode": mode}, init=init)
+        snap = run_snapshot(tiny_shards, "finetune", mode, 1, task={**SEG_TASK, "mode": mode}, init=init)
         model = get_task("segmentation")(snap).build_model()
         state = model.state_dict()
         assert all(torch.equal(state[k], start[k]) for k in start if k.startswith("encoder."))
@@ -190,15 +131,15 @@ def test_every_step_is_logged_once_through_dvclive_also_across_a_kill(
 ) -> None:
     from geosem.train.steplog import read_step_log
 
-    snap = _snapshot(tiny_shards, "finetune", "seg", 5, task=SEG_TASK, init={"name": "random"})
-    whole = _write(tmp_path / "whole", snap)
+    snap = run_snapshot(tiny_shards, "finetune", "seg", 5, task=SEG_TASK, init={"name": "random"})
+    whole = write_run(tmp_path / "whole", snap)
     run_job(whole, threads=2)
     losses = read_step_log(whole.parent, "train/loss")
     assert [step for step, _ in losses] == [1, 2, 3, 4, 5]
     assert [step for step, _ in read_step_log(whole.parent, "test/test_miou")] == [2, 4, 5]
     assert [step for step, _ in read_step_log(whole.parent, "train/lr")] == [1, 2, 3, 4, 5]
 
-    split = _write(tmp_path / "split", snap)
+    split = write_run(tmp_path / "split", snap)
     assert run_job(split, threads=2, max_steps_this_call=3) is None  # checkpoint at step 3
     # A killed attempt would have logged steps past its checkpoint before dying; the resume replays them.
     loss_tsv = split.parent / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"
@@ -212,11 +153,11 @@ def test_evaluating_more_often_changes_no_weight(tiny_shards: Path, tmp_path: Pa
     curves' resolution (and the run time), never the final model or metrics."""
     models = {}
     for eval_every in (1, 4):
-        snap = _snapshot(
+        snap = run_snapshot(
             tiny_shards, "finetune", f"seg-e{eval_every}", 4, task=SEG_TASK, init={"name": "random"}
         )
         snap["loop"]["eval_every"] = eval_every
-        path = _write(tmp_path, snap)
+        path = write_run(tmp_path, snap)
         metrics = run_job(path, threads=2)
         assert metrics is not None
         models[eval_every] = (

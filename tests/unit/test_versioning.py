@@ -13,7 +13,7 @@ import pytest
 from geosem.shards import verify_shards
 from geosem.versioning import VersioningError, pull, push, track
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -32,6 +32,7 @@ def _repo(root: Path) -> Path:
     return repo
 
 
+@pytest.mark.slow  # git and dvc processes
 def test_shards_round_trip_through_a_local_remote(tiny_shards: Path, tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     remote = tmp_path / "remote"
@@ -59,6 +60,7 @@ def test_tracking_outside_a_dvc_repository_names_the_fix(tmp_path: Path) -> None
         track([folder])
 
 
+@pytest.mark.slow  # git and dvc processes
 def test_metrics_and_plots_diff_between_two_commits(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
     shutil.copy2(REPO / "dvc.yaml", repo / "dvc.yaml")

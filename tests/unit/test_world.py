@@ -11,16 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from geosem.labelspaces import CITYSCAPES_LABEL_IDS
-from geosem.sources.synthetic import raycast as rc
-from geosem.sources.synthetic.driving import (
-    DriveRenderer,
-    DrivingWorldConfig,
-    cast_view,
-    drive_ids,
-)
-from geosem.sources.synthetic.indoor import IndoorWorldConfig, render_room
-from geosem.sources.synthetic.kitti_writer import _CITYSCAPES_OF_PART, write_driving_world
-from geosem.sources.synthetic.parts import PART_ID, PARTS
+from geosem.worlds import raycast as rc
+from geosem.worlds.driving import DrivingWorldConfig, drive_ids
+from geosem.worlds.driving_frames import DriveRenderer
+from geosem.worlds.driving_view import cast_view
+from geosem.worlds.indoor import IndoorWorldConfig, render_room
+from geosem.worlds.kitti_writer import _CITYSCAPES_OF_PART, write_driving_world
+from geosem.worlds.parts import PART_ID, PARTS
 
 SMALL = DrivingWorldConfig(
     seed=2, drives=2, heldout_drives=1, frames=3, semantics_frames=2, height=40, width=128, lidar_beams=16
@@ -191,7 +188,7 @@ def test_indoor_rooms_have_dense_capped_depth_and_nyu_parts() -> None:
 
 def test_some_drives_are_static_scenes() -> None:
     """Static scenes (only the ego car moves) as well as drives with moving cars and people."""
-    from geosem.sources.synthetic.driving import build_scene
+    from geosem.worlds.driving_layout import build_scene
 
     config = DrivingWorldConfig(seed=0, drives=12, heldout_drives=4, frames=4, semantics_frames=4)
     scenes = [build_scene(config, d.index) for d in drive_ids(config)]

@@ -10,7 +10,7 @@ import numpy as np
 from geosem.labelspaces import ADE150_CLASSES, IGNORE_INDEX, SUN37_CLASSES
 from geosem.shards.reader import ShardSet
 from geosem.sources import convert
-from geosem.sources.synthetic.aux_writer import AuxWorldConfig, write_ade, write_sun
+from geosem.worlds.aux_writer import AuxWorldConfig, write_ade, write_sun
 
 CONFIG = AuxWorldConfig(seed=2, images=8, test_share=0.25)
 

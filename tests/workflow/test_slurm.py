@@ -30,8 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO
-from tests.workflow.test_pipeline import make_workdir, snakemake
+from tests.helpers import REPO, make_workdir, snakemake
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
@@ -149,7 +148,10 @@ def job_logs(workdir: Path, rule: str, wildcards: str) -> list[Path]:
 
 def prepare(root: Path) -> Path:
     workdir = make_workdir(root)
-    shutil.copytree(REPO / "slurm", workdir / "slurm")
+    # Both profiles live under profiles/; `--profile slurm` at the root finds them through the `slurm` link,
+    # exactly as in the repository.
+    shutil.copytree(REPO / "profiles", workdir / "profiles")
+    (workdir / "slurm").symlink_to(os.readlink(REPO / "slurm"))
     shutil.copy2(REPO / "tests" / "config" / "slurm.yaml", workdir / "config" / "slurm.yaml")
     return workdir
 
@@ -211,7 +213,12 @@ def test_the_grid_runs_through_slurm_and_writes_every_output(slurm_grid: SlurmRu
     # Every planned output exists and is up to date.
     dry = snakemake(workdir, *CONFIG, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
-    for name in ("tables/tiny.csv", "tables/tiny.md", "metrics/tiny.json", "curves/tiny.csv"):
+    for name in (
+        "tables/tiny.csv",
+        "tables/tiny.md",
+        "metrics/tiny/r18-all-n4/random.json",
+        "curves/tiny.csv",
+    ):
         assert (workdir / "results" / name).stat().st_size > 0, name
     assert (workdir / "results" / "plots" / "tiny_curves.png").stat().st_size > 1000
     # Each cluster job left its SLURM log in logs/slurm/; snapshots and aggregation ran on the login node.

@@ -14,8 +14,7 @@ import yaml
 from geosem.studies import plan_runs
 from snakemake.utils import validate
 
-from tests.conftest import REPO
-from tests.workflow.test_pipeline import _env, job_counts, make_workdir
+from tests.helpers import REPO, cli_env, job_counts, make_workdir
 
 pytestmark = pytest.mark.workflow
 
@@ -42,7 +41,7 @@ def _dry_run(workdir: Path, *args: str) -> dict[str, int]:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--cores", "2", *args],
         cwd=workdir,
-        env=_env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -80,7 +79,11 @@ def test_every_study_file_is_a_dag_of_its_planned_runs(tmp_path: Path) -> None:
 
 def test_the_full_scale_preset_expands_to_the_papers_grid(tmp_path: Path) -> None:
     workdir = make_workdir(tmp_path)
-    (workdir / "raw" / "kitti").mkdir(parents=True)  # where the real KITTI tree goes on the cluster
+    # Where the real KITTI tree goes on the cluster: the paths its converter declares it reads.
+    kitti = workdir / "raw" / "kitti"
+    (kitti / "data_semantics").mkdir(parents=True)
+    (kitti / "devkit" / "mapping").mkdir(parents=True)
+    (kitti / "devkit" / "mapping" / "train_mapping.txt").write_text("")
     preset = REPO / "config" / "presets" / "full_scale.yaml"
     counts = _dry_run(workdir, "--configfile", "config/presets/full_scale.yaml")
     plan = plan_runs(_config(preset))

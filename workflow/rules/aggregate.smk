@@ -16,7 +16,8 @@ rule aggregate:
             labels={"study": "{study}", "figure": "table"},
         ),
         md=f"{RESULTS}/tables/{{study}}.md",
-        metrics=f"{RESULTS}/metrics/{{study}}.json",
+        # One small JSON per (setting, init), so `dvc metrics show` stays narrow (geosem.aggregate.dvc_metrics).
+        metrics=directory(f"{RESULTS}/metrics/{{study}}"),
         curves=f"{RESULTS}/curves/{{study}}.csv",
         plot=report(
             f"{RESULTS}/plots/{{study}}_curves.png",
@@ -27,13 +28,13 @@ rule aggregate:
         ),
     log:
         "logs/aggregate/{study}.log",
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
         runs=get_study_runs,
         labels=get_study_labels_json,
         unavailable=get_study_unavailable_json,
-    localrule: True
     shell:
         "geosem aggregate --study {wildcards.study} --runs {params.runs}"
         " --labels {params.labels:q} --unavailable {params.unavailable:q}"
@@ -54,11 +55,11 @@ rule plot_sizes:
         ),
     log:
         "logs/aggregate/{study}_sizes.log",
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
         labels=get_study_labels_json,
-    localrule: True
     shell:
         "geosem plot sizes --table {input} --labels {params.labels:q} --out {output}"
         " --title {wildcards.study:q} > {log} 2>&1"
@@ -77,11 +78,11 @@ rule plot_resolution:
         ),
     log:
         "logs/aggregate/{study}_resolution.log",
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
         labels=get_study_labels_json,
-    localrule: True
     shell:
         "geosem plot resolution --table {input} --labels {params.labels:q} --out {output}"
         " --title {wildcards.study:q} > {log} 2>&1"
@@ -102,10 +103,10 @@ rule gradcam:
         "logs/aggregate/{study}_gradcam.log",
     conda:
         "../../envs/geosem.yaml"
+    threads: 1
     params:
         runs=get_gradcam_runs,
-        images=lambda wildcards: get_study_figures(wildcards)["gradcam"]["images"],
-    threads: 1
+        images=get_gradcam_images,
     shell:
         "geosem gradcam --runs {params.runs} --out {output} --images {params.images} > {log} 2>&1"
 
@@ -121,11 +122,11 @@ rule aggregate_pretrain:
         md=f"{RESULTS}/tables/pretrain/{{study}}.md",
     log:
         "logs/aggregate/pretrain_{study}.log",
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
         runs=get_study_pretrain_runs,
-    localrule: True
     shell:
-        "python -m geosem.aggregate.pretrain --study {wildcards.study} --runs {params.runs}"
+        "geosem aggregate-pretrain --study {wildcards.study} --runs {params.runs}"
         " --csv {output.csv} --md {output.md} > {log} 2>&1"

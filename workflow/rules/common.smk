@@ -1,13 +1,26 @@
 # Validation, the run plan and the input functions every stage uses. Logic beyond lookups lives in
-# geosem.studies (grid expansion, run ids, snapshots), which never imports snakemake.
+# geosem.studies (grid expansion, run ids), geosem.snapshot (the run snapshot) and the dataset catalog,
+# which never import snakemake.
 import json
 import os
 
 from snakemake.utils import validate
 
-from geosem.sources.catalog import CALIB_FILES, NYU_FILES, driving_drives, indoor_batches, raw_files
+from geosem.snapshot import VARIANT_PATTERN, snapshot_json
+from geosem.sources.catalog import raw_files
 from geosem.studies import load_study, plan_runs
-
+from geosem.worlds import (
+    ADE_FILES,
+    DRIVING_SEMANTICS_FILES,
+    NYU_FILES,
+    SUN_FILES,
+    calib_files,
+    drive_dir,
+    driving_drives,
+    get_world,
+    indoor_batch_file,
+    indoor_batches,
+)
 
 validate(config, "../schemas/config.schema.yaml")
 for _study in config["studies"]:
@@ -22,6 +35,8 @@ RAW = config["raw_root"]
 SHARDS = config["shards_root"]
 RUNS = config["runs_root"]
 RESULTS = config["results_root"]
+# Resource usage of every heavy job (snakemake's benchmark: files), one TSV per job.
+BENCHMARKS = "logs/benchmarks"
 
 
 wildcard_constraints:
@@ -29,7 +44,13 @@ wildcard_constraints:
     run_id="[A-Za-z0-9_.-]+",
     study="[A-Za-z0-9_.-]+",
     dataset="[A-Za-z0-9_]+",
-    variant="[0-9]+x[0-9]+-v[0-9A-Za-z.]+(-[A-Za-z0-9]+)*",
+    variant=VARIANT_PATTERN,
+
+
+def raw_path(dataset, relative):
+    """A path under a dataset's raw folder; the world rules name their outputs through the world's own
+    declarations (geosem.worlds), which the catalog reads too, so rules and catalog cannot disagree."""
+    return f"{RAW}/{dataset}/{relative}"
 
 
 def _runs_of(kind):
@@ -43,7 +64,7 @@ def get_snapshot(wildcards):
         raise ValueError(
             f"run {wildcards.kind}/{wildcards.run_id} is not in the plan of studies {config['studies']}"
         )
-    return json.dumps(runs[wildcards.run_id], sort_keys=True)
+    return snapshot_json(runs[wildcards.run_id])
 
 
 def get_shard_spec(wildcards):
@@ -53,18 +74,21 @@ def get_shard_spec(wildcards):
     return PLAN.shards[key]
 
 
-def parent_of(path, levels=1):
-    """The folder ``levels`` up from an output path: a world's root from one of its outputs."""
-    for _ in range(levels):
-        path = os.path.dirname(path)
-    return path
+def get_raw_dir(wildcards):
+    return f"{RAW}/{wildcards.dataset}"
 
 
-def get_world_json(kind):
-    """One world's config (seed included) as canonical JSON: a params value, so an edit of that world
-    reruns its jobs and nothing else."""
-    world = {"seed": config["world"]["seed"], **config["world"][kind]}
-    return json.dumps(world, sort_keys=True)
+def get_dataset_root(wildcards, output):
+    """The raw dataset folder (raw/<dataset>) a world job's first output lies in: inferred from the output,
+    so that it holds where jobs see another filesystem root than the login node."""
+    relative = os.path.relpath(output[0], RAW)
+    return os.path.join(RAW, relative.split(os.sep)[0])
+
+
+def get_world_json(dataset):
+    """The config (seed included) of the world that writes ``dataset``, as canonical JSON: a params value,
+    so an edit of that world reruns its jobs and nothing else."""
+    return json.dumps(get_world(dataset).config(config["world"]), sort_keys=True)
 
 
 def get_raw_files(wildcards):
@@ -74,16 +98,14 @@ def get_raw_files(wildcards):
 
 def get_heldout_drives(wildcards):
     return [
-        f"{RAW}/synth_driving/raw_data/{date}/{name}"
+        raw_path("synth_driving", drive_dir(date, name))
         for date, name, heldout in driving_drives(config["world"])
         if heldout
     ]
 
 
 def get_indoor_batches(wildcards):
-    return [
-        f"{RAW}/synth_indoor_batches/batch_{k}.h5" for k in range(indoor_batches(config["world"]))
-    ]
+    return [f"{RAW}/{indoor_batch_file(k)}" for k in range(indoor_batches(config["world"]))]
 
 
 def get_pretrain_shards(wildcards):
@@ -126,6 +148,15 @@ def get_study_pretrain_files(wildcards):
     ]
 
 
+def get_push_flag():
+    return "--push" if config["versioning"]["push"] else ""
+
+
+def get_remote_flag():
+    remote = config["versioning"]["remote"]
+    return f"--remote {remote}" if remote else ""
+
+
 def get_versioned_raw_files():
     """The raw files of every planned dataset (world outputs, or a downloaded folder)."""
     datasets = dict.fromkeys(spec["dataset"] for spec in PLAN.shards.values())
@@ -162,8 +193,40 @@ def get_gradcam_runs(wildcards):
     return [f"{RUNS}/finetune/{run_id}" for run_id in gradcam["runs"]]
 
 
+def get_gradcam_images(wildcards):
+    return get_study_figures(wildcards)["gradcam"]["images"]
+
+
 def get_gradcam_files(wildcards):
-    return [f"{run_dir}/{name}" for run_dir in get_gradcam_runs(wildcards) for name in ("run.yaml", "model.pt")]
+    return [
+        f"{run_dir}/{name}" for run_dir in get_gradcam_runs(wildcards) for name in ("run.yaml", "model.pt")
+    ]
+
+
+# One definition of a training job's resources, shared by every training rule. Partition, account, QoS and
+# constraint come from the profile or the environment, never from here. The time limit grows with the
+# attempt; SLURM's SIGTERM ahead of it (to the job step, not the batch shell) makes the trainer save a
+# checkpoint and exit 75, and the profile's retries resume it.
+def get_train_cpus_per_gpu(wildcards, threads):
+    return -(-threads // max(1, config["compute"]["gpus"]))
+
+
+def get_train_runtime(wildcards, attempt):
+    return config["compute"]["train_runtime"] * attempt
+
+
+def get_train_slurm_extra(wildcards, attempt):
+    return f"--signal=TERM@{min(300, 15 * get_train_runtime(wildcards, attempt))}"
+
+
+TRAIN_RESOURCES = {
+    "gpu": config["compute"]["gpus"],
+    "cpus_per_gpu": get_train_cpus_per_gpu,
+    "mem_mb": config["compute"]["train_mem_mb"] * max(1, config["compute"]["gpus"]),
+    "runtime": get_train_runtime,
+    "slurm_extra": get_train_slurm_extra,
+}
+TRAIN_THREADS = config["compute"]["train_threads"]
 
 
 def get_study_outputs(study):
@@ -171,7 +234,7 @@ def get_study_outputs(study):
     outputs = [
         f"{RESULTS}/tables/{study}.csv",
         f"{RESULTS}/tables/{study}.md",
-        f"{RESULTS}/metrics/{study}.json",
+        f"{RESULTS}/metrics/{study}",
         f"{RESULTS}/plots/{study}_curves.png",
     ]
     figures = PLAN.figures[study]

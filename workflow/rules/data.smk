@@ -1,5 +1,6 @@
 # Sources and shards: the synthetic worlds write the real datasets' layouts (one job per drive or per
-# batch of rooms), and each dataset's real converter turns them into a verified shard set.
+# batch of rooms), and each dataset's real converter turns them into a verified shard set. Every world
+# output is named by the world's declaration in geosem.worlds, which the dataset catalog reads too.
 
 
 wildcard_constraints:
@@ -10,34 +11,38 @@ wildcard_constraints:
 
 rule driving_calibration:
     output:
-        expand(f"{RAW}/synth_driving/raw_data/{{{{date}}}}/{{name}}", name=CALIB_FILES),
+        [raw_path("synth_driving", path) for path in calib_files("{date}")],
     log:
         "logs/data/synth_driving/calibration_{date}.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_driving/calibration_{{date}}.tsv"
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
-        world=get_world_json("driving"),
-        root=lambda wildcards, output: parent_of(output[0], 3),
-    localrule: True
+        world=get_world_json("synth_driving"),
+        root=get_dataset_root,
     shell:
-        "python -m geosem.sources driving-calib --config {params.world:q} --date {wildcards.date}"
+        "geosem world-driving-calib --config {params.world:q} --date {wildcards.date}"
         " --root {params.root} > {log} 2>&1"
 
 
 rule driving_drive:
     output:
-        directory(f"{RAW}/synth_driving/raw_data/{{date}}/{{drive}}"),
+        directory(raw_path("synth_driving", drive_dir("{date}", "{drive}"))),
     log:
         "logs/data/synth_driving/{date}/{drive}.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_driving/{{date}}/{{drive}}.tsv"
     conda:
         "../../envs/geosem.yaml"
-    params:
-        world=get_world_json("driving"),
-        root=lambda wildcards, output: parent_of(output[0], 3),
     resources:
         runtime=15,
+    params:
+        world=get_world_json("synth_driving"),
+        root=get_dataset_root,
     shell:
-        "python -m geosem.sources driving-drive --config {params.world:q} --drive {wildcards.drive}"
+        "geosem world-driving-drive --config {params.world:q} --drive {wildcards.drive}"
         " --root {params.root} > {log} 2>&1"
 
 
@@ -46,33 +51,36 @@ rule driving_semantics:
         # ancient: after `dvc pull` the drives carry new timestamps; that must not rerun the world.
         ancient(get_heldout_drives),
     output:
-        directory(f"{RAW}/synth_driving/data_semantics"),
-        f"{RAW}/synth_driving/devkit/mapping/train_mapping.txt",
-        f"{RAW}/synth_driving/geosem_world.json",
+        directory(raw_path("synth_driving", DRIVING_SEMANTICS_FILES[0])),
+        [raw_path("synth_driving", path) for path in DRIVING_SEMANTICS_FILES[1:]],
     log:
         "logs/data/synth_driving/semantics.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_driving/semantics.tsv"
     conda:
         "../../envs/geosem.yaml"
     params:
-        world=get_world_json("driving"),
-        root=lambda wildcards, output: parent_of(output[0]),
+        world=get_world_json("synth_driving"),
+        root=get_dataset_root,
     shell:
-        "python -m geosem.sources driving-semantics --config {params.world:q} --root {params.root} > {log} 2>&1"
+        "geosem world-driving-semantics --config {params.world:q} --root {params.root} > {log} 2>&1"
 
 
 rule indoor_batch:
     output:
-        temp(f"{RAW}/synth_indoor_batches/batch_{{batch}}.h5"),
+        temp(f"{RAW}/{indoor_batch_file('{batch}')}"),
     log:
         "logs/data/synth_indoor/batch_{batch}.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_indoor/batch_{{batch}}.tsv"
     conda:
         "../../envs/geosem.yaml"
-    params:
-        world=get_world_json("indoor"),
     resources:
         runtime=15,
+    params:
+        world=get_world_json("synth_indoor"),
     shell:
-        "python -m geosem.sources indoor-batch --config {params.world:q} --batch {wildcards.batch}"
+        "geosem world-indoor-batch --config {params.world:q} --batch {wildcards.batch}"
         " --out {output} > {log} 2>&1"
 
 
@@ -80,49 +88,53 @@ rule indoor_files:
     input:
         ancient(get_indoor_batches),
     output:
-        expand(f"{RAW}/synth_indoor/{{name}}", name=NYU_FILES),
+        [raw_path("synth_indoor", path) for path in NYU_FILES],
     log:
         "logs/data/synth_indoor/files.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_indoor/files.tsv"
     conda:
         "../../envs/geosem.yaml"
     params:
-        world=get_world_json("indoor"),
-        root=lambda wildcards, output: parent_of(output[0]),
+        world=get_world_json("synth_indoor"),
+        root=get_dataset_root,
     shell:
-        "python -m geosem.sources indoor-files --config {params.world:q} --root {params.root}"
+        "geosem world-indoor-files --config {params.world:q} --root {params.root}"
         " --batches {input} > {log} 2>&1"
 
 
 rule ade_world:
     output:
-        directory(f"{RAW}/synth_ade/ADEChallengeData2016"),
-        f"{RAW}/synth_ade/geosem_world.json",
+        directory(raw_path("synth_ade", ADE_FILES[0])),
+        [raw_path("synth_ade", path) for path in ADE_FILES[1:]],
     log:
         "logs/data/synth_ade/world.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_ade/world.tsv"
     conda:
         "../../envs/geosem.yaml"
     params:
-        world=get_world_json("ade"),
-        root=lambda wildcards, output: parent_of(output[0]),
+        world=get_world_json("synth_ade"),
+        root=get_dataset_root,
     shell:
-        "python -m geosem.sources ade --config {params.world:q} --root {params.root} > {log} 2>&1"
+        "geosem world-ade --config {params.world:q} --root {params.root} > {log} 2>&1"
 
 
 rule sun_world:
     output:
-        directory(f"{RAW}/synth_sun/SUNRGBD-test_images"),
-        directory(f"{RAW}/synth_sun/SUNRGBD-train_images"),
-        directory(f"{RAW}/synth_sun/sunrgbd_train_test_labels"),
-        f"{RAW}/synth_sun/geosem_world.json",
+        [directory(raw_path("synth_sun", path)) for path in SUN_FILES[:3]],
+        [raw_path("synth_sun", path) for path in SUN_FILES[3:]],
     log:
         "logs/data/synth_sun/world.log",
+    benchmark:
+        f"{BENCHMARKS}/data/synth_sun/world.tsv"
     conda:
         "../../envs/geosem.yaml"
     params:
-        world=get_world_json("sun"),
-        root=lambda wildcards, output: parent_of(output[0]),
+        world=get_world_json("synth_sun"),
+        root=get_dataset_root,
     shell:
-        "python -m geosem.sources sun --config {params.world:q} --root {params.root} > {log} 2>&1"
+        "geosem world-sun --config {params.world:q} --root {params.root} > {log} 2>&1"
 
 
 rule shards:
@@ -134,15 +146,17 @@ rule shards:
         directory(f"{SHARDS}/{{dataset}}/{{variant}}"),
     log:
         "logs/data/shards_{dataset}_{variant}.log",
+    benchmark:
+        f"{BENCHMARKS}/data/shards_{{dataset}}_{{variant}}.tsv"
     conda:
         "../../envs/geosem.yaml"
-    params:
-        spec=get_shard_spec,
-        raw=lambda wildcards: f"{RAW}/{wildcards.dataset}",
     resources:
         runtime=30,
+    params:
+        spec=get_shard_spec,
+        raw=get_raw_dir,
     shell:
-        "python -m geosem.sources convert --converter {params.spec[converter]} --dataset {wildcards.dataset}"
+        "geosem convert --converter {params.spec[converter]} --dataset {wildcards.dataset}"
         " --raw {params.raw} --out {output} --height {params.spec[height]} --width {params.spec[width]}"
         " --samples-per-part {params.spec[samples_per_part]}"
         " --label-interpolation {params.spec[label_interpolation]} > {log} 2>&1"
@@ -153,10 +167,10 @@ rule run_snapshot:
         f"{RUNS}/{{kind}}/{{run_id}}/run.yaml",
     log:
         "logs/runs/{kind}/{run_id}.snapshot.log",
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
         snapshot=get_snapshot,
-    localrule: True
     shell:
         "geosem write-run --out {output} --json {params.snapshot:q} > {log} 2>&1"

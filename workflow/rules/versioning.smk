@@ -12,12 +12,12 @@ rule version_data:
         [f"{path}.dvc" for path in get_versioned_paths()],
     log:
         "logs/data/version_data.log",
+    localrule: True
     conda:
         "../../envs/geosem.yaml"
     params:
         paths=get_versioned_paths(),
-        push="--push" if config["versioning"]["push"] else "",
-        remote=f"--remote {config['versioning']['remote']}" if config["versioning"]["remote"] else "",
-    localrule: True
+        push=get_push_flag(),
+        remote=get_remote_flag(),
     shell:
         "geosem version add {params.paths} {params.push} {params.remote} > {log} 2>&1"

@@ -26,10 +26,16 @@ def _save(figure: plt.Figure, out: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _measured(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows with numbers: a study csv also lists the rows that could not run, with their reason."""
+    return table[table["miou_mean"].notna()]
+
+
 def plot_sizes(table: pd.DataFrame, out: Path, title: str, labels: dict[str, str] | None = None) -> None:
     """Final test mIoU against the few-shot training set size N (paper A, Fig. 3): one line per init and
     encoder x mode, mean over seeds with +- SE bars; N = all is drawn at the size of the whole pool."""
     labels = labels or {}
+    table = _measured(table)
     figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
     for (init, encoder, mode), frame in table.groupby(["init", "encoder", "mode"], sort=False):
         frame = frame.sort_values("train_samples")
@@ -56,6 +62,7 @@ def plot_resolution(table: pd.DataFrame, out: Path, title: str, labels: dict[str
     """Final test mIoU per (pre-training -> fine-tuning) resolution pair (paper A, Fig. 5): grouped bars,
     one group per pair, one bar per init, +- SE over seeds."""
     labels = labels or {}
+    table = _measured(table)
     pairs = list(dict.fromkeys(table["resolution"]))
     inits = list(dict.fromkeys(table["init"]))
     width = 0.8 / max(1, len(inits))

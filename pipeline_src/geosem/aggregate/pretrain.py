@@ -4,21 +4,20 @@ One row per pre-training run (init name, task, encoder start), with the depth me
 ``geosem.metrics.depth`` on the test split (per-image averages, the evaluation's depth cap; median
 scaling for the scale-ambiguous depth_mono, stated in its own column), and the task's own score for the
 non-depth tasks (flow end-point error, masked-reconstruction L1). Run as
-``python -m geosem.aggregate.pretrain --study S --runs DIR... --csv OUT --md OUT``.
+``geosem aggregate-pretrain --study S --runs DIR... --csv OUT --md OUT``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from geosem.atomic import atomic_write_text
 from geosem.metrics.depth import DEPTH_METRIC_NAMES
+from geosem.snapshot import read_snapshot
 
 DEPTH_COLUMNS = DEPTH_METRIC_NAMES
 OTHER_SCORES = ("test_flow_epe", "test_flow_epe_zero", "test_masked_l1")
@@ -26,12 +25,14 @@ OTHER_SCORES = ("test_flow_epe", "test_flow_epe_zero", "test_masked_l1")
 
 def collect_pretrain_runs(run_dirs: list[Path]) -> pd.DataFrame:
     rows: list[dict[str, Any]] = []
-    for run_dir in run_dirs:
-        snapshot = yaml.safe_load((run_dir / "run.yaml").read_text())
+    for run_dir in map(Path, run_dirs):
+        snapshot = read_snapshot(run_dir / "run.yaml")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         task = snapshot["task"]
+        if "init" not in task:  # the planner names the init it pre-trains; a run id is no name to parse
+            raise ValueError(f"{run_dir / 'run.yaml'}: the pre-training's task does not name its init")
         row: dict[str, Any] = {
-            "init": snapshot["run_id"].split(f"-{snapshot['model']['encoder']}-", 1)[0],
+            "init": task["init"],
             "task": task["name"],
             "encoder_init": task.get("encoder_init", "random"),
             "encoder": snapshot["model"]["encoder"],
@@ -88,19 +89,3 @@ def write_pretrain_table(study: str, run_dirs: list[Path], csv_path: Path, md_pa
     atomic_write_text(Path(csv_path), table.to_csv(index=False))
     atomic_write_text(Path(md_path), pretrain_markdown(table, study))
     return table
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", required=True)
-    parser.add_argument("--runs", nargs="*", default=[], help="pre-training run directories")
-    parser.add_argument("--csv", required=True)
-    parser.add_argument("--md", required=True)
-    args = parser.parse_args(argv)
-    table = write_pretrain_table(args.study, [Path(r) for r in args.runs], Path(args.csv), Path(args.md))
-    print(pretrain_markdown(table, args.study))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,6 +8,12 @@ Significance: per setting, a two-sided Welch t-test (unequal variances,
 ``scipy.stats.ttest_ind(equal_var=False)``) of each init's mIoU over seeds against the ``random`` row's
 (csv ``miou_welch_t`` / ``miou_welch_p``, with ``n_seeds`` and ``baseline_n_seeds``). With fewer than 2
 seeds on either side there is no variance estimate, so t and p are NaN ("n/a" in the markdown).
+
+Two steps: ``aggregate_study`` reads finished runs and writes the summary csv, the one machine-readable
+table (every number, the row names in ``label``, the rows that could not run with their reason in
+``unavailable``); ``render_study`` writes the markdown and the DVC metrics from that csv alone, so a
+committed table can be rendered again without its runs. ``aggregate_study`` renders through the csv as
+well, so both give the same files.
 """
 
 from __future__ import annotations
@@ -15,17 +21,42 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from scipy import stats
 
-from geosem.atomic import atomic_write_json, atomic_write_text
+from geosem.aggregate.dvc_metrics import write_metrics
+from geosem.aggregate.markdown import markdown_table
+from geosem.aggregate.settings import BASELINE_INIT, SCORES, SETTING_KEYS, row_name
+from geosem.atomic import atomic_write_text
+from geosem.snapshot import Snapshot, read_snapshot, resolution
 
-BASELINE_INIT = "random"
-SCORES = {"miou": "test_miou", "pixel_accuracy": "test_pixel_accuracy"}
+# Integer columns; pandas makes them float once the unavailable rows (no numbers) join the table.
+INT_COLUMNS = ("train_size", "train_samples", "n_seeds", "baseline_n_seeds")
+TEXT_COLUMNS = (
+    "init",
+    "encoder",
+    "mode",
+    "resolution",
+    "protocol",
+    "pretrain_resolution",
+    "seeds",
+    "label",
+    "unavailable",
+)
+
+
+def _pretrain_resolution(run: Snapshot, run_dir: Path) -> str:
+    """The resolution the init was pre-trained at; a random or weight-file init has none of its own."""
+    init = run["init"]
+    if "run_id" not in init:
+        return resolution(run["data"])
+    if "height" not in init or "width" not in init:
+        raise ValueError(
+            f"{run_dir / 'run.yaml'}: init {init['name']!r} does not record its height and width"
+        )
+    return resolution(init)
 
 
 def collect_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -35,10 +66,9 @@ def collect_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         for name in ("run.yaml", "metrics.json", "curves.csv"):
             if not (run_dir / name).is_file():
                 raise FileNotFoundError(f"{run_dir / name} is missing: the run has not finished")
-        run = yaml.safe_load((run_dir / "run.yaml").read_text())
+        run = read_snapshot(run_dir / "run.yaml")
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        fine = _resolution(run["data"]["variant"])
-        pre = _resolution(run["init"]["variant"]) if "variant" in run["init"] else fine
+        fine, pre = resolution(run["data"]), _pretrain_resolution(run, run_dir)
         setting = {
             "run_id": run["run_id"],
             # A pre-training at another resolution than the fine-tune's is another row (paper A, Fig. 5).
@@ -55,21 +85,10 @@ def collect_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append(
             {**setting, **scores, "pretrain_resolution": pre, "train_samples": metrics["train_samples"]}
         )
-        curve = pd.read_csv(run_dir / "curves.csv")
-        curve = curve.assign(**setting)
-        curves.append(curve)
+        curves.append(pd.read_csv(run_dir / "curves.csv").assign(**setting))
     if not rows:
         raise ValueError("no runs to aggregate")
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
-
-
-def _resolution(variant: str) -> str:
-    """``64x192`` of a shard variant name such as ``64x192-v2-bicubic``."""
-    return variant.split("-")[0]
-
-
-# What makes two cells of a study table different settings (columns); rows are inits.
-SETTING_KEYS = ["encoder", "mode", "train_size", "resolution", "lr", "protocol"]
 
 
 def _standard_error(values: pd.Series) -> float:
@@ -129,152 +148,57 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _cell(mean: float, se: float, delta: float, n: int, is_baseline: bool) -> str:
-    text = f"{100 * mean:.1f}" + (f" ± {100 * se:.1f}" if not math.isnan(se) else " (1 seed, no SE)")
-    if not is_baseline and not math.isnan(delta):
-        text += f" ({100 * delta:+.1f})"
-    return text
-
-
-def _p_cell(p: float, n: int, baseline_n: int, is_baseline: bool) -> str:
-    if is_baseline:
-        return "(baseline)"
-    seeds = f"({n} vs {baseline_n} seeds)"
-    if math.isnan(p):
-        return f"n/a {seeds}"
-    return (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") + f" {seeds}"
-
-
-def _setting_name(setting: dict[str, Any], varying: set[str]) -> str:
-    parts = [setting["encoder"], setting["mode"], f"N={setting['train_size'] or 'all'}"]
-    if "resolution" in varying:
-        parts.append(setting["resolution"])
-    if "lr" in varying:
-        parts.append(f"lr={setting['lr']:g}")
-    if "protocol" in varying:
-        parts.append(setting["protocol"])
-    return " ".join(parts)
-
-
-def _row_name(init: str, labels: dict[str, str]) -> str:
-    """The paper's name of a row: ``depth_mono_rand@96x320`` -> ``Depth-Rand (pre-trained at 96x320)``."""
-    base, _, pre = init.partition("@")
-    name = labels.get(base, base)
-    return f"{name} (pre-trained at {pre})" if pre else name
-
-
-def markdown_table(
-    table: pd.DataFrame,
-    study: str,
-    labels: dict[str, str] | None = None,
-    unavailable: list[dict[str, str]] | None = None,
-) -> str:
-    """The paper's layout: one row per init; per setting an mIoU, a pixel-accuracy and a p column. Rows
-    that could not run here (missing weights) are listed as unavailable, with the reason."""
+def study_frame(
+    table: pd.DataFrame, labels: dict[str, str] | None = None, unavailable: list[dict[str, str]] | None = None
+) -> pd.DataFrame:
+    """The summary plus the row names (``label``) and the rows that could not run (``unavailable``: the
+    reason; no numbers, ``n_seeds`` 0): everything the markdown and the metrics are rendered from."""
     labels = labels or {}
-    unavailable = unavailable or []
-    settings = [
-        dict(zip(SETTING_KEYS, values, strict=True))
-        for values in table[SETTING_KEYS].drop_duplicates().itertuples(index=False)
-    ]
-    varying = {key for key in SETTING_KEYS if table[key].nunique() > 1}
-    constant = {key: table[key].iloc[0] for key in ("resolution", "lr", "protocol") if key not in varying}
-    inits = list(dict.fromkeys(table["init"]))
-    header = ["Pre-training"]
-    for setting in settings:
-        name = _setting_name(setting, varying)
-        header += [
-            f"{name} mIoU",
-            f"{name} pAcc",
-            f"{name} p (Welch vs {labels.get(BASELINE_INIT, BASELINE_INIT)})",
-        ]
-    baseline_name = labels.get(BASELINE_INIT, BASELINE_INIT)
-    lines = [
-        f"# Study `{study}`: test mIoU and pixel accuracy (%)",
-        "",
-        "Mean ± standard error over seeds (ddof=1); in brackets the delta of the mean to the "
-        f"`{baseline_name}` row. p: two-sided Welch t-test of the mIoU over seeds against the "
-        f"`{baseline_name}` row of the same setting (n/a with fewer than 2 seeds on either side). "
-        + ", ".join(
-            f"{key}: {value:g}" if isinstance(value, float) else f"{key}: {value}"
-            for key, value in constant.items()
-        )
-        + ".",
-        "",
-        "| " + " | ".join(header) + " | seeds |",
-        "|" + "---|" * (len(header) + 1),
-    ]
-    for init in inits:
-        cells = [_row_name(init, labels)]
-        seeds = ""
-        for setting in settings:
-            mask = table["init"] == init
-            for key, value in setting.items():
-                mask &= table[key] == value
-            match = table[mask]
-            if match.empty:
-                cells += ["n/a", "n/a", "n/a"]
-                continue
-            row = match.iloc[0]
-            for score in SCORES:
-                cells.append(
-                    _cell(
-                        row[f"{score}_mean"],
-                        row[f"{score}_se"],
-                        row[f"{score}_delta"],
-                        row["n_seeds"],
-                        init == BASELINE_INIT,
-                    )
-                )
-            cells.append(
-                _p_cell(row["miou_welch_p"], row["n_seeds"], row["baseline_n_seeds"], init == BASELINE_INIT)
-            )
-            seeds = f"{row['n_seeds']} ({row['seeds']})"
-        lines.append("| " + " | ".join(cells) + f" | {seeds} |")
-    # Unavailable rows: one line per init, its settings marked, the reasons below the table.
-    missing: dict[str, list[dict[str, str]]] = {}
-    for row in unavailable:
-        missing.setdefault(row["init"], []).append(row)
-    for init, rows in missing.items():
-        encoders = {row["encoder"] for row in rows}
-        cells = [_row_name(init, labels)]
-        for setting in settings:
-            text = "unavailable" if setting["encoder"] in encoders else "n/a"
-            cells += [text, text, text]
-        lines.append("| " + " | ".join(cells) + " | 0 |")
-    if missing:
-        lines += ["", "Unavailable on this machine (not run):", ""]
-        for init, rows in missing.items():
-            for row in rows:
-                lines.append(f"- {_row_name(init, labels)} ({row['encoder']}): {row['reason']}")
-    return "\n".join(lines) + "\n"
+    measured = table.assign(label=[row_name(init, labels) for init in table["init"]], unavailable="")
+    missing = pd.DataFrame(
+        [
+            {
+                "init": row["init"],
+                "encoder": row["encoder"],
+                "label": row_name(row["init"], labels),
+                "n_seeds": 0,
+                "unavailable": row["reason"],
+            }
+            for row in unavailable or []
+        ],
+        columns=["init", "encoder", "label", "n_seeds", "unavailable"],
+    )
+    frame = pd.concat([measured, missing], ignore_index=True) if len(missing) else measured
+    return frame.astype({column: "Int64" for column in INT_COLUMNS})
 
 
-def metrics_json(table: pd.DataFrame, study: str) -> dict[str, Any]:
-    """Nested metrics for ``dvc metrics show``: study -> init -> setting -> score."""
-    out: dict[str, Any] = {}
-    for _, row in table.iterrows():
-        setting = f"{row['encoder']}-{row['mode']}-n{row['train_size']}"
-        # Only the default-valued parts stay out of the key, so earlier results keep their keys.
-        if row["resolution"] != row["pretrain_resolution"] or len(table["resolution"].unique()) > 1:
-            setting += f"-{row['resolution']}"
-        if len(table["lr"].unique()) > 1:
-            setting += f"-lr{row['lr']:g}"
-        if row["protocol"] != "paper":
-            setting += f"-{row['protocol']}"
-        entry = {"n_seeds": int(row["n_seeds"]), "baseline_n_seeds": int(row["baseline_n_seeds"])}
-        for score in SCORES:
-            for stat in ("mean", "se", "delta"):
-                value = float(row[f"{score}_{stat}"])
-                entry[f"{score}_{stat}"] = None if math.isnan(value) else round(value, 6)
-        for key in ("miou_welch_t", "miou_welch_p"):
-            value = float(row[key])
-            entry[key] = None if math.isnan(value) else round(value, 6)
-        # Undefined statistics (one seed's SE, the baseline's own delta and t-test) are left out: DVC's
-        # metrics show and diff drop nulls anyway.
-        entry = {key: value for key, value in entry.items() if value is not None}
-        out.setdefault(row["init"], {})[setting] = entry
-    return {study: out}
+def read_table(table_csv: Path) -> pd.DataFrame:
+    """A study csv as ``study_frame`` wrote it. Tables written before the ``unavailable`` column existed
+    had no unavailable rows; before the ``label`` column, the row names were the init names."""
+    # Only an empty field is missing: pandas would read the row name "None" (paper A's random row) as NaN.
+    text = {column: str for column in TEXT_COLUMNS}
+    frame = pd.read_csv(table_csv, dtype=text, keep_default_na=False, na_values=[""])
+    if "label" not in frame:
+        frame["label"] = frame["init"]
+    frame["unavailable"] = frame["unavailable"].fillna("") if "unavailable" in frame else ""
+    return frame.astype({column: "Int64" for column in INT_COLUMNS})
+
+
+def split_table(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(measured rows, with plain int columns; rows that could not run)."""
+    could_not_run = frame["unavailable"] != ""
+    measured = frame[~could_not_run].astype({column: int for column in INT_COLUMNS})
+    return measured.reset_index(drop=True), frame[could_not_run].reset_index(drop=True)
+
+
+def render_study(study: str, table_csv: Path, *, table_md: Path, metrics_dir: Path) -> pd.DataFrame:
+    """Write a study's markdown table and DVC metrics from its summary csv alone; return the measured rows."""
+    measured, unavailable = split_table(read_table(Path(table_csv)))
+    if measured.empty:
+        raise ValueError(f"{table_csv} has no measured rows to render")
+    atomic_write_text(Path(table_md), markdown_table(measured, study, unavailable))
+    write_metrics(measured, Path(metrics_dir))
+    return measured
 
 
 def aggregate_study(
@@ -283,37 +207,22 @@ def aggregate_study(
     *,
     table_csv: Path,
     table_md: Path,
-    metrics_path: Path,
+    metrics_dir: Path,
     curves_plot: Path,
     curves_csv: Path | None = None,
     labels: dict[str, str] | None = None,
     unavailable: list[dict[str, str]] | None = None,
 ) -> pd.DataFrame:
+    """Summarise finished fine-tunes into the study csv, then render markdown and metrics from it; write
+    the curves. Returns the summary at full precision, with its ``label`` column."""
     from geosem.aggregate.plots import plot_curves
 
     runs, curves = collect_runs(run_dirs)
     table = summarise(runs)
-    table["label"] = [_row_name(init, labels or {}) for init in table["init"]]
-    out = table
-    if unavailable:
-        # Rows that could not run are in the csv too, with their reason and no numbers.
-        missing = pd.DataFrame(
-            [
-                {
-                    "init": r["init"],
-                    "encoder": r["encoder"],
-                    "label": _row_name(r["init"], labels or {}),
-                    "n_seeds": 0,
-                    "unavailable": r["reason"],
-                }
-                for r in unavailable
-            ]
-        )
-        out = pd.concat([table.assign(unavailable=""), missing], ignore_index=True)
-    atomic_write_text(Path(table_csv), out.to_csv(index=False, float_format="%.6f"))
-    atomic_write_text(Path(table_md), markdown_table(table, study, labels, unavailable))
-    atomic_write_json(Path(metrics_path), metrics_json(table, study))
+    frame = study_frame(table, labels, unavailable)
+    atomic_write_text(Path(table_csv), frame.to_csv(index=False, float_format="%.6g"))
+    render_study(study, table_csv, table_md=table_md, metrics_dir=metrics_dir)
     if curves_csv is not None:
         atomic_write_text(Path(curves_csv), curves.to_csv(index=False, float_format="%.6f"))
     plot_curves(curves, Path(curves_plot), title=f"{study}: test mIoU during fine-tuning")
-    return table
+    return table.assign(label=[row_name(init, labels or {}) for init in table["init"]])

@@ -253,10 +253,10 @@ class GradcamFigure:
 
 def _load_run(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     """The run snapshot and its fine-tuned model, built exactly as the training job built it."""
-    from geosem.studies.plan import read_run_snapshot
+    from geosem.snapshot import read_snapshot
     from geosem.tasks import get_task
 
-    run = read_run_snapshot(run_dir / "run.yaml")
+    run = read_snapshot(run_dir / "run.yaml")
     if run.get("kind") != "finetune" or run["task"]["name"] != "segmentation":
         raise ValueError(f"{run_dir}: not a segmentation fine-tune (kind {run.get('kind')!r})")
     weights = run_dir / "model.pt"

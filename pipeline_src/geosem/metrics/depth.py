@@ -11,7 +11,7 @@ and inside the optional crop):
 
 Predictions are optionally median-scaled per image (``median(g) / median(p)``, for scale-ambiguous
 self-supervised depth) and clamped to ``[min_depth, max_depth]`` before scoring, as monodepth2's
-evaluation does (protocols.md section 2). Per-image averaging means RMSE is a mean of per-image RMSEs.
+evaluation does (docs/protocols.md section 2). Per-image averaging means RMSE is a mean of per-image RMSEs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Study A's published-code metrics (DepthToSemantic ``train_utils.get_miou_and_pix_acc``), for comparison.
 
 They differ from GeoSem's default (``geosem.metrics.segmentation``) on purpose and are used only under
-the legacy protocol (protocols.md 1.3-1.4). Translated to train ids (the seed code works in Cityscapes
+the legacy protocol (docs/protocols.md 1.3-1.4). Translated to train ids (the seed code works in Cityscapes
 label ids):
 
 * Only 8 classes are scored: road, sidewalk, building, vegetation, terrain, sky, car, bicycle

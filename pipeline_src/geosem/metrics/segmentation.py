@@ -10,7 +10,7 @@ Definitions (GeoSem default, as the papers describe and the Cityscapes benchmark
   A class present in the prediction only, or the ground truth only, scores 0.
 * ``mIoU`` = mean of the defined IoUs; ``pixel accuracy`` = trace / total counted pixels.
 
-The seed code of study A averages per-image IoUs over 8 of its classes instead (protocols.md 1.4);
+The seed code of study A averages per-image IoUs over 8 of its classes instead (docs/protocols.md 1.4);
 that definition is not used here.
 """
 

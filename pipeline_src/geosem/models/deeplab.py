@@ -9,7 +9,7 @@ without a partner or a tensor of another shape is an error naming it, never a si
 
 Output stride: smp's ``DeepLabV3`` defaults to output stride 8 with ASPP rates (12, 24, 36)
 (``encoder_output_stride=8``, ``decoder_atrous_rates=(12, 24, 36)`` in smp 0.6.0). The published code of
-paper A used output stride 16 (layer4 dilated by 2) with ASPP rates (6, 12, 18) (protocols.md 1.8), which
+paper A used output stride 16 (layer4 dilated by 2) with ASPP rates (6, 12, 18) (docs/protocols.md 1.8), which
 is what this module builds by default (``DEEPLAB_OUTPUT_STRIDE``, ``DEEPLAB_ATROUS_RATES``). Dilation
 changes no weight shape, so the copy is the same either way. Inputs need sides divisible by the output
 stride (smp checks), and training needs batches of at least 2 (the ASPP pooling branch has a BatchNorm

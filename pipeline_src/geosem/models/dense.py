@@ -60,7 +60,7 @@ class DenseModel(nn.Module):
         """Freeze the encoder for real: no gradients, and BatchNorm statistics fixed (eval mode).
 
         The seed code of study A only called ``encoder.eval()``, so its "frozen" encoder kept training
-        (protocols.md 1.6); here the encoder's parameters leave the optimiser altogether.
+        (docs/protocols.md 1.6); here the encoder's parameters leave the optimiser altogether.
         ``gradients=True`` reproduces the seed code for comparison (the legacy protocol): only the
         BatchNorm running statistics stay fixed, the encoder's weights keep getting gradients and change.
         """

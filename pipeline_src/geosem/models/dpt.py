@@ -1,4 +1,4 @@
-"""A DPT-style decoder (Ranftl et al. 2021; DINOv2's DPT head, protocols.md 3.1) behind the interface of
+"""A DPT-style decoder (Ranftl et al. 2021; DINOv2's DPT head, docs/protocols.md 3.1) behind the interface of
 ``MultiScaleDecoder``: ``DPTDecoder(encoder_channels, channels)``, ``.channels`` indexed by scale, and
 ``forward(features) -> {scale: tensor}`` for scales 0..3 (0 = input resolution, s = 1/2^s). Heads,
 ``replace_heads``, ``reset_decoder`` and the pre-training tasks therefore treat both decoders alike.

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from geosem.models.vit import ViTEncoder
 
 # ImageNet statistics, applied inside the model so that a random and an ImageNet init see the same input
-# normalisation (the seed code of study A normalised twice for ImageNet inits: protocols.md 1.5).
+# normalisation (the seed code of study A normalised twice for ImageNet inits: docs/protocols.md 1.5).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

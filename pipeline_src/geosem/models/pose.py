@@ -1,6 +1,6 @@
 """monodepth2's pose network: a separate ResNet on a 6-channel frame pair and a small conv decoder.
 
-``separate_resnet`` / ``pairs`` (protocols.md 2): the two frames are stacked along channels (temporal
+``separate_resnet`` / ``pairs`` (docs/protocols.md 2): the two frames are stacked along channels (temporal
 order), a ResNet encodes them (timm adapts an ImageNet conv1 to 6 channels by repeating its weights and
 scaling them by 3/6, i.e. monodepth2's "duplicated and halved"), and the decoder (1x1 squeeze to 256,
 two 3x3 convs + ReLU, 1x1 to 6) is averaged over space and scaled by 0.01: axis-angle and translation.

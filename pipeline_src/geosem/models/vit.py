@@ -9,7 +9,7 @@ tasks need not know which kind of encoder they hold.
   input whose sides are multiples of the patch size works (e.g. KITTI's 192x640 or the 64x96 fixture),
   not only the 224x224 of ImageNet pre-training.
 * Blocks: ``d/4 - 1, d/2 - 1, 3d/4 - 1, d - 1`` of ``d`` blocks, i.e. [2, 5, 8, 11] for ViT-S/B and
-  [5, 11, 17, 23] for ViT-L, DPT's hooks (protocols.md 3.1). Raw block outputs, without the final norm,
+  [5, 11, 17, 23] for ViT-L, DPT's hooks (docs/protocols.md 3.1). Raw block outputs, without the final norm,
   as DINOv2's DPT head reads them (``norm=False``).
 * Readout: every level is returned as the patch tokens concatenated with the class token broadcast over
   the grid (2 x embed_dim channels), so DPT's "project" readout (Linear(2E -> E) + GELU on

@@ -7,7 +7,7 @@ Layout of one shard set (one dataset, one preprocessing variant)::
         index.parquet       one row per sample: id, split, sequence, frame, part, row, neighbours, flags, ...
         manifest.json       dataset, versions, parameters, label space, fields, sha256 of every file
 
-The layout follows a measurement (reference/cpu-performance.md): uncompressed HDF5 with one chunk per
+The layout follows a measurement (docs/performance.md, section 3): uncompressed HDF5 with one chunk per
 sample reads 13.8x faster than PNG files warm and 3.7x cold, while compression (lzf, gzip) gives back most
 of that gain for a 2x smaller footprint.
 """

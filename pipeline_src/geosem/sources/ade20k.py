@@ -1,4 +1,4 @@
-"""Converter ``ade20k``: ADE20K SceneParsing (ADEChallengeData2016, reference/datasets.md section 4.1).
+"""Converter ``ade20k``: ADE20K SceneParsing (ADEChallengeData2016, docs/datasets.md section 4.1).
 
 Reads ``ADEChallengeData2016/images/{training,validation}/*.jpg`` and the annotation PNGs of the same
 stem under ``annotations/`` (uint8, 0 = other, 1..150 = the classes). ``training`` becomes split
@@ -30,7 +30,9 @@ LABEL_SPACE = "ade150"
 _TO_TRAIN = one_based_to_train_id(150)
 
 
-@register_converter("ade20k")
+@register_converter(
+    "ade20k", version=CONVERTER_VERSION, label_space=LABEL_SPACE, reads=("ADEChallengeData2016",)
+)
 def convert_ade20k(
     raw_dir: Path,
     out_dir: Path,

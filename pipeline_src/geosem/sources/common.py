@@ -10,7 +10,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-WORLD_MARKER = "geosem_world.json"
+# The label resizes a shard variant may name: geosem.snapshot owns variant names and their parameters.
+from geosem.snapshot import LABEL_INTERPOLATIONS
+from geosem.worlds import WORLD_MARKER  # a synthetic world's provenance file, if the raw folder has one
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
@@ -40,9 +42,6 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
-LABEL_INTERPOLATIONS = ("nearest", "bicubic")
-
-
 def resize_label_ids(
     ids: np.ndarray, to_train_id: np.ndarray, height: int, width: int, interpolation: str = "nearest"
 ) -> np.ndarray:
@@ -50,7 +49,7 @@ def resize_label_ids(
     size.
 
     ``nearest`` (default): map, then NEAREST resize; no id is ever invented. ``bicubic`` reproduces
-    study A's published code for the legacy protocol (protocols.md 1.7): PIL ``Image.resize`` of the
+    study A's published code for the legacy protocol (docs/protocols.md 1.7): PIL ``Image.resize`` of the
     8-bit label-id image with BICUBIC (current Pillow's default filter for mode "L", which the seed code
     relied on), *then* the mapping. Interpolated boundary values become other, wrong classes or ignore,
     exactly as there. Never use it for anything but that comparison.

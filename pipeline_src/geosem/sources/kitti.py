@@ -1,6 +1,6 @@
 """Converter ``kitti``: KITTI raw drives + calibration + velodyne + OXTS + annotated depth + semantics.
 
-Reads the layouts exactly as KITTI's archives extract (reference/datasets.md section 1), under one root:
+Reads the layouts exactly as KITTI's archives extract (docs/datasets.md section 1), under one root:
 
 * ``raw_data/<date>/`` (or ``<date>/`` directly under the root): ``calib_cam_to_cam.txt`` (``P_rect_02``,
   ``P_rect_03``, ``R_rect_00``, ``S_rect_02``), ``calib_velo_to_cam.txt`` (``R``, ``T``),
@@ -338,7 +338,14 @@ class _DriveReader:
         return resize_label_ids(ids, _ID_TO_TRAIN, self.height, self.width, self.label_interpolation)
 
 
-@register_converter("kitti")
+# The raw drives sit under raw_data/ (GeoSem's and monodepth2's layout) or directly in the root (KITTI's
+# archives extracted in place), so only the labelled set and its mapping are named here.
+@register_converter(
+    "kitti",
+    version=CONVERTER_VERSION,
+    label_space=LABEL_SPACE,
+    reads=("data_semantics", "devkit/mapping/train_mapping.txt"),
+)
 def convert_kitti(
     raw_dir: Path,
     out_dir: Path,

@@ -1,4 +1,4 @@
-"""Converter ``nyuv2``: NYU Depth V2 labelled set (reference/datasets.md section 3).
+"""Converter ``nyuv2``: NYU Depth V2 labelled set (docs/datasets.md section 3).
 
 Reads, under one root:
 
@@ -65,7 +65,12 @@ def read_class_mapping(path: Path) -> np.ndarray:
     return table
 
 
-@register_converter("nyuv2")
+@register_converter(
+    "nyuv2",
+    version=CONVERTER_VERSION,
+    label_space=LABEL_SPACE,
+    reads=("nyu_depth_v2_labeled.mat", "splits.mat", "classMapping40.mat"),
+)
 def convert_nyuv2(
     raw_dir: Path,
     out_dir: Path,

@@ -1,5 +1,5 @@
 """Converter ``sunrgbd``: SUN RGB-D 37-class segmentation in the ankurhanda/sunrgbd-meta-data mirror
-layout (reference/datasets.md section 4.2).
+layout (docs/datasets.md section 4.2).
 
 Reads ``SUNRGBD-test_images/img-%06d.jpg`` (split ``test``), ``SUNRGBD-train_images/img-%06d.jpg``
 (split ``train``) and the label PNG of each image id in ``sunrgbd_train_test_labels/img-%06d.png``
@@ -31,7 +31,12 @@ LABEL_SPACE = "sun37"
 _TO_TRAIN = one_based_to_train_id(37)
 
 
-@register_converter("sunrgbd")
+@register_converter(
+    "sunrgbd",
+    version=CONVERTER_VERSION,
+    label_space=LABEL_SPACE,
+    reads=("SUNRGBD-test_images", "SUNRGBD-train_images", "sunrgbd_train_test_labels"),
+)
 def convert_sunrgbd(
     raw_dir: Path,
     out_dir: Path,

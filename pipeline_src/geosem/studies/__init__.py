@@ -1,5 +1,6 @@
-"""Studies: grids of runs expanded into per-run snapshots with stable, readable ids."""
+"""Studies: grids of runs expanded into per-run snapshots (``geosem.snapshot``) with stable, readable ids."""
 
-from geosem.studies.plan import Plan, load_study, plan_runs, run_digest, write_run_snapshot
+from geosem.studies.grid import load_study
+from geosem.studies.plan import Plan, plan_runs
 
-__all__ = ["Plan", "load_study", "plan_runs", "run_digest", "write_run_snapshot"]
+__all__ = ["Plan", "load_study", "plan_runs"]

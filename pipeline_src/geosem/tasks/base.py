@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -13,11 +14,84 @@ from torch import nn
 from geosem.shards.reader import ShardDataset, ShardSet
 
 
+@dataclass(frozen=True)
+class Param:
+    """One parameter a task declares: its default, what it means, and the JSON schema of its value."""
+
+    default: Any
+    description: str
+    schema: dict[str, Any] = field(default_factory=dict)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {**self.schema, "description": self.description, "default": self.default}
+
+
+def param(default: Any, description: str, **schema: Any) -> Param:
+    """``param(0.1, "Smallest depth (m)", type="number", exclusiveMinimum=0)``."""
+    return Param(default, description, schema)
+
+
+# Parameters several tasks share.
+MIN_DEPTH = param(
+    0.1, "Smallest predictable depth in metres (disparity-to-depth range).", type="number", exclusiveMinimum=0
+)
+MAX_DEPTH = param(
+    100.0,
+    "Largest predictable depth in metres (disparity-to-depth range).",
+    type="number",
+    exclusiveMinimum=0,
+)
+HFLIP = param(True, "Random horizontal flips during training.", type="boolean")
+ENCODER_INIT_RANDOM = param(
+    "random",
+    "Encoder start: random (from scratch, paper A's Depth-Rand) or imagenet (timm's weights, see "
+    "pretrain.imagenet_weights).",
+    type="string",
+    enum=["random", "imagenet"],
+)
+ENCODER_INIT_IMAGENET = Param("imagenet", ENCODER_INIT_RANDOM.description, ENCODER_INIT_RANDOM.schema)
+
+
 class Task(ABC):
-    """A training objective: which fields it reads, the model it trains, its loss and its evaluation."""
+    """A training objective: which fields it reads, the model it trains, its loss and its evaluation.
+
+    ``parameters`` are the keys of the task's config entry (``pretrain.tasks.<init>``); the snapshot's
+    ``task`` section holds them resolved, with ``name`` (the task) and, for pre-trainings, ``init``.
+    """
 
     name: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()
+    parameters: ClassVar[dict[str, Param]] = {}
+
+    @classmethod
+    def parameter_schema(cls) -> dict[str, Any]:
+        """The JSON schema (draft 2020-12) of one config entry of this task."""
+        return {
+            "type": "object",
+            "additionalProperties": False,
+            "description": (cls.__doc__ or cls.name).strip().splitlines()[0],
+            "properties": {
+                "task": {"type": "string", "description": "The task module; empty: the entry's name."},
+                **{key: value.json_schema() for key, value in cls.parameters.items()},
+            },
+        }
+
+    @classmethod
+    def resolve_parameters(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
+        """``values`` validated against ``parameter_schema`` with every default filled in."""
+        import jsonschema  # only the planner needs it
+
+        validator = jsonschema.Draft202012Validator(cls.parameter_schema())
+        errors = sorted(validator.iter_errors(values), key=lambda error: list(error.path))
+        if errors:
+            problems = "; ".join(
+                f"{'.'.join([where, *map(str, error.path)])}: {error.message}" for error in errors
+            )
+            known = ", ".join(sorted(cls.parameters)) or "none"
+            raise ValueError(f"{problems} (task {cls.name!r} takes: {known})")
+        resolved = {key: value.default for key, value in cls.parameters.items()}
+        resolved.update({key: value for key, value in values.items() if key != "task"})
+        return resolved
 
     def __init__(self, run: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.run = run

@@ -1,4 +1,4 @@
-"""Self-supervised depth as in monodepth2 (protocols.md 2): from video (``depth_mono``), from a rectified
+"""Self-supervised depth as in monodepth2 (docs/protocols.md 2): from video (``depth_mono``), from a rectified
 stereo pair with a known baseline (``depth_stereo``) and from both (``depth_mono_stereo``).
 
 The loss of a target frame, per scale s in 0..3 (monodepth2 ``trainer.py``):
@@ -38,7 +38,7 @@ from geosem.models.dense import DenseModel
 from geosem.models.pose import PoseNet
 from geosem.shards.reader import ShardSet
 from geosem.tasks import register_task
-from geosem.tasks.base import Task
+from geosem.tasks.base import ENCODER_INIT_IMAGENET, HFLIP, MAX_DEPTH, MIN_DEPTH, Param, Task, param
 from geosem.tasks.depth_common import (
     DEPTH_SCALES,
     build_depth_network,
@@ -156,6 +156,22 @@ class PhotometricDepth(Task):
 
     use_video: ClassVar[bool] = False
     use_stereo: ClassVar[bool] = False
+    parameters: ClassVar[dict[str, Param]] = {
+        "min_depth": MIN_DEPTH,
+        "max_depth": MAX_DEPTH,
+        "hflip": HFLIP,
+        "smoothness": param(
+            SMOOTHNESS_WEIGHT, "Edge-aware smoothness weight (divided by 2^scale).", type="number", minimum=0
+        ),
+        "colour_jitter": param(
+            True,
+            "monodepth2's colour jitter (p 0.5; brightness, contrast, saturation 0.8-1.2, hue 0.1), the same "
+            "for all frames of a sample, seen by the networks only.",
+            type="boolean",
+        ),
+        # monodepth2 starts depth and pose networks from ImageNet (the paper's "Depth").
+        "encoder_init": ENCODER_INIT_IMAGENET,
+    }
 
     @property
     def params(self) -> dict[str, Any]:

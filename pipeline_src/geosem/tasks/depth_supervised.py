@@ -24,7 +24,16 @@ from torch import nn
 
 from geosem.shards.reader import ShardSet
 from geosem.tasks import register_task
-from geosem.tasks.base import Task, horizontal_flip
+from geosem.tasks.base import (
+    ENCODER_INIT_RANDOM,
+    HFLIP,
+    MAX_DEPTH,
+    MIN_DEPTH,
+    Param,
+    Task,
+    horizontal_flip,
+    param,
+)
 from geosem.tasks.depth_common import build_depth_network, depth_at_full_resolution, evaluate_depth
 from geosem.tasks.photometric import sigmoid_to_depth
 
@@ -33,8 +42,16 @@ __all__ = ["DepthCropped", "DepthLidar", "DepthSupervised", "sigmoid_to_depth"]
 
 @register_task("depth_supervised")
 class DepthSupervised(Task):
+    """Supervised depth from dense ground truth (L1 on log depth at four scales)."""
+
     fields: ClassVar[tuple[str, ...]] = ("image", "depth")
     target: ClassVar[str] = "depth"
+    parameters: ClassVar[dict[str, Param]] = {
+        "min_depth": MIN_DEPTH,
+        "max_depth": MAX_DEPTH,
+        "hflip": HFLIP,
+        "encoder_init": ENCODER_INIT_RANDOM,
+    }
 
     @property
     def params(self) -> dict[str, Any]:
@@ -79,12 +96,28 @@ class DepthSupervised(Task):
 
 @register_task("depth_lidar")
 class DepthLidar(DepthSupervised):
+    """Supervised depth from the sparse projected lidar (field depth_lidar), loss masked to the returns."""
+
     fields = ("image", "depth_lidar")
     target = "depth_lidar"
 
 
 @register_task("depth_cropped")
 class DepthCropped(DepthSupervised):
+    """Supervised depth on random small crops (no position information); evaluated on whole images."""
+
+    parameters: ClassVar[dict[str, Param]] = {
+        **DepthSupervised.parameters,
+        "crop": param(
+            [64, 64],
+            "Crop height and width in pixels (multiples of 32, at least 64).",
+            type="array",
+            items={"type": "integer", "minimum": 64},
+            minItems=2,
+            maxItems=2,
+        ),
+    }
+
     def transform(self, sample: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
         sample = super().transform(sample, rng)
         height, width = sample["image"].shape[-2:]

@@ -1,4 +1,5 @@
-"""Unsupervised optical flow with a siamese encoder (the seed code's flow pre-training, protocols.md 1.8).
+"""Unsupervised optical flow with a siamese encoder: the seed code's flow pre-training
+(docs/protocols.md 1.8).
 
 One encoder with shared weights encodes frame t and frame t-1; per pyramid level their features are
 concatenated and decoded by a monodepth2 decoder into a 2-channel output at four scales,
@@ -17,7 +18,7 @@ are carried over (the same tensors the seed code's position-wise loading keeps),
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +28,15 @@ from geosem.geometry.warp import flow_from_depth_pose, warp_with_flow
 from geosem.models.dense import DenseModel, decoder_for
 from geosem.shards.reader import ShardSet
 from geosem.tasks import register_task
-from geosem.tasks.base import Task, horizontal_flip, iterate_batches
+from geosem.tasks.base import (
+    ENCODER_INIT_IMAGENET,
+    HFLIP,
+    Param,
+    Task,
+    horizontal_flip,
+    iterate_batches,
+    param,
+)
 from geosem.tasks.depth_common import DEPTH_SCALES, build_depth_network
 from geosem.tasks.photometric import edge_aware_smoothness, photometric_error, upsample
 
@@ -57,7 +66,16 @@ class SiameseFlowModel(nn.Module):
 
 @register_task("flow")
 class Flow(Task):
+    """Siamese unsupervised optical flow (the seed code's setup; ImageNet start by default)."""
+
     fields = ("image", "image_prev")
+    parameters: ClassVar[dict[str, Param]] = {
+        "smoothness": param(
+            2.0, "Edge-aware smoothness weight per flow channel (seed code 2.0).", type="number", minimum=0
+        ),
+        "hflip": HFLIP,
+        "encoder_init": ENCODER_INIT_IMAGENET,
+    }
 
     @property
     def params(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Masked image reconstruction pre-training (``mae``), two variants (protocols.md 1.8):
+"""Masked image reconstruction pre-training (``mae``), two variants (docs/protocols.md 1.8):
 
 * ``variant: seed`` (the seed code's "MAE-style" CNN inpainting): per image a seed density drawn from
   U(0.1 %, 1 %) of the pixels, each seed grown to a 7x7 zeroed patch (about 5-39 % masked); a 3-channel
@@ -15,7 +15,7 @@ per-draw generator, so it is reproducible and resumes exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 from geosem.models.dense import DenseModel
 from geosem.shards.reader import ShardSet
 from geosem.tasks import register_task
-from geosem.tasks.base import Task, iterate_batches
+from geosem.tasks.base import ENCODER_INIT_RANDOM, Param, Task, iterate_batches, param
 from geosem.tasks.depth_common import DEPTH_SCALES, build_depth_network
 from geosem.tasks.photometric import upsample
 
@@ -54,7 +54,46 @@ def patch_mask(
 
 @register_task("mae")
 class MaskedReconstruction(Task):
+    """Masked image reconstruction: the seed code's seeded patches, or MAE's masked patches."""
+
     fields = ("image",)
+    parameters: ClassVar[dict[str, Param]] = {
+        "variant": param(
+            "seed",
+            "seed (7x7 patches around random seeds, loss on the whole image) or patch (MAE: masked patches, "
+            "loss on them only).",
+            type="string",
+            enum=["seed", "patch"],
+        ),
+        "seed_density": param(
+            [0.001, 0.01],
+            "Range of the per-image seed density (share of pixels) of the seed variant.",
+            type="array",
+            items={"type": "number", "minimum": 0, "maximum": 1},
+            minItems=2,
+            maxItems=2,
+        ),
+        "patch": param(
+            7,
+            "Patch size in pixels (the seed variant's square; the patch variant's grid).",
+            type="integer",
+            minimum=1,
+        ),
+        "mask_ratio": param(
+            0.75,
+            "Share of patches masked by the patch variant (MAE 0.75).",
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+        ),
+        "scale_weighting": param(
+            "finest",
+            "finest (1/4^s) or seed (the seed code's 1/4^(3-s), finest 1/64).",
+            type="string",
+            enum=["finest", "seed"],
+        ),
+        "encoder_init": ENCODER_INIT_RANDOM,
+    }
 
     @property
     def params(self) -> dict[str, Any]:

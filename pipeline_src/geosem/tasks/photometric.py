@@ -2,7 +2,7 @@
 
 * ``ssim``: monodepth2's SSIM, i.e. 3x3 *average* pooling of a reflection-padded image with
   C1 = 0.01^2 and C2 = 0.03^2. kornia's ``metrics.ssim`` / ``losses.ssim_loss`` weight the window with a
-  Gaussian (sigma 1.5), a different loss (measured in the README section "Pre-training tasks"), so it
+  Gaussian (sigma 1.5), a different loss (measured in docs/pretraining.md), so it
   is written out here.
 * ``photometric_error``: 0.85 * (1 - SSIM) / 2 + 0.15 * L1, averaged over channels, per pixel (clamped
   like monodepth2: the SSIM term lies in [0, 1]).
@@ -25,7 +25,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     channels = x.shape[1]
     # monodepth2's ReflectionPad2d(1) + AvgPool2d(3, 1) over the five statistics' inputs stacked along
     # channels, as one grouped 3x3 convolution with weights 1/9: equal to the pooling to 2e-7 and 6x
-    # faster on a CPU (7.7 vs 45 ms for 8x15x64x192, README "Pre-training tasks").
+    # faster on a CPU (7.7 vs 45 ms for 8x15x64x192, docs/pretraining.md).
     stacked = F.pad(torch.cat([x, y, x * x, y * y, x * y], dim=1), (1, 1, 1, 1), mode="reflect")
     weight = torch.full((stacked.shape[1], 1, 3, 3), 1.0 / 9.0, dtype=x.dtype, device=x.device)
     mu_x, mu_y, xx, yy, xy = F.conv2d(stacked, weight, groups=stacked.shape[1]).split(channels, dim=1)

@@ -2,7 +2,7 @@
 
 Initialisation (paper A, Fig. 1b): the pre-trained encoder and decoder are kept and the depth head, the
 network's last layer, is replaced by a classifier over the label space. Defaults follow the paper, not
-the seed code (protocols.md 1.7): ``zero_grad`` every step (the loop), horizontal flips, labels stored
+the seed code (docs/protocols.md 1.7): ``zero_grad`` every step (the loop), horizontal flips, labels stored
 with NEAREST resizing (the converters), a seeded few-shot subset and a test split independent of N.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from geosem.metrics.segmentation import ConfusionMatrix
 from geosem.models import build_deeplabv3, build_dense_model, create_encoder
 from geosem.shards.reader import ShardSet
 from geosem.tasks import get_task, register_task
-from geosem.tasks.base import Task, horizontal_flip, iterate_batches
+from geosem.tasks.base import HFLIP, Param, Task, horizontal_flip, iterate_batches, param
 
 # all: encoder and decoder from the init, new classifier, everything trained (paper A, Fig. 1b).
 # frozen: as all, but the encoder gets no gradient and keeps its BatchNorm statistics (Fig. 4).
@@ -35,7 +35,31 @@ FINETUNE_MODES = ("all", "frozen", "encoder_only", "deeplabv3")
 
 @register_task("segmentation")
 class Segmentation(Task):
+    """Semantic segmentation fine-tuning from a pre-trained, ImageNet or random init."""
+
     fields = ("image", "label")
+    # The planner sets these from the study grid, the finetune section and the protocol.
+    parameters: ClassVar[dict[str, Param]] = {
+        "mode": param("all", "Fine-tuning mode.", type="string", enum=list(FINETUNE_MODES)),
+        "hflip": HFLIP,
+        "freeze": param(
+            "full",
+            "frozen mode: full (no gradient, BatchNorm in eval; the paper) or batchnorm "
+            "(encoder.eval() only; the published code).",
+            type="string",
+            enum=["full", "batchnorm"],
+        ),
+        "metric": param(
+            "dataset",
+            "The scores tables read: dataset (one confusion matrix over the label space) or legacy (the "
+            "published code's per-image mIoU over 8 classes).",
+            type="string",
+            enum=["dataset", "legacy"],
+        ),
+        "classifier_kernel": param(
+            3, "Kernel of the classifier that replaces the depth head.", type="integer", enum=[1, 3]
+        ),
+    }
 
     @property
     def params(self) -> dict[str, Any]:

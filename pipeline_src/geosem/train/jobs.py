@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from geosem.shards.reader import ShardDataset, ShardSet
-from geosem.studies.plan import read_run_snapshot, run_digest
+from geosem.snapshot import Snapshot, read_snapshot, snapshot_digest
 from geosem.tasks import get_task
 from geosem.train.distributed import Distributed
 from geosem.train.loop import LoopSpec, train
@@ -36,7 +36,7 @@ SPLIT_RULES = ("heldout", "legacy")
 
 def legacy_split(labelled: list[str], size: int, run_id: str) -> tuple[list[str], list[str]]:
     """Study A's published split (legacy protocol): train on the first ``size`` images of the labelled
-    set in index order, test on the rest, so the test set changes with N (protocols.md 1.2)."""
+    set in index order, test on the rest, so the test set changes with N (docs/protocols.md 1.2)."""
     if size <= 0 or size >= len(labelled):
         what = " (all)" if size <= 0 else ""
         raise ValueError(
@@ -47,7 +47,7 @@ def legacy_split(labelled: list[str], size: int, run_id: str) -> tuple[list[str]
     return labelled[:size], labelled[size:]
 
 
-def split_ids(shards: ShardSet, run: dict[str, Any]) -> tuple[list[str], list[str]]:
+def split_ids(shards: ShardSet, run: Snapshot) -> tuple[list[str], list[str]]:
     """(training ids, test ids) of a run under its ``data.split_rule``.
 
     ``heldout`` (default): pre-training uses the whole train split, fine-tuning a seeded few-shot subset
@@ -77,7 +77,7 @@ def split_ids(shards: ShardSet, run: dict[str, Any]) -> tuple[list[str], list[st
     return train_ids, test[:: data["test_stride"]]
 
 
-def test_ids(shards: ShardSet, run: dict[str, Any]) -> list[str]:
+def test_ids(shards: ShardSet, run: Snapshot) -> list[str]:
     """The ids a run is evaluated on (see ``split_ids``)."""
     return split_ids(shards, run)[1]
 
@@ -97,7 +97,7 @@ def run_job(
     ``dist``: this process's rank when the job trains data-parallel (every rank calls ``run_job``).
     """
     run_path = Path(run_path)
-    run = read_run_snapshot(run_path)
+    run = read_snapshot(run_path)
     run_dir = run_path.parent
     dist = dist or Distributed()
     _configure_threads(threads)
@@ -137,7 +137,7 @@ def run_job(
 
     return train(
         run_dir=run_dir,
-        run_digest=run_digest(run),
+        run_digest=snapshot_digest(run),
         model=model,
         dataset=dataset,
         loss_fn=task.loss,

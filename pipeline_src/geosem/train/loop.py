@@ -62,7 +62,7 @@ class LoopSpec:
     seed: int
     num_workers: int = 0
     # False reproduces study A's published code, which never calls ``optimizer.zero_grad()``: every step
-    # adds its gradient to the sum of all earlier ones (protocols.md 1.7). The accumulated ``.grad``
+    # adds its gradient to the sum of all earlier ones (docs/protocols.md 1.7). The accumulated ``.grad``
     # buffers are then training state and go into the checkpoint.
     zero_grad: bool = True
 

@@ -35,9 +35,11 @@ import numpy as np
 from geosem.atomic import atomic_write_text
 from geosem.labelspaces import ADE150_CLASSES
 from geosem.sources.common import swap_in
-from geosem.sources.synthetic import indoor
-from geosem.sources.synthetic.driving import DrivingWorldConfig, build_scene, render_camera
-from geosem.sources.synthetic.parts import part_table
+from geosem.worlds import WORLD_MARKER, indoor
+from geosem.worlds.driving import DrivingWorldConfig
+from geosem.worlds.driving_layout import build_scene
+from geosem.worlds.driving_view import render_camera
+from geosem.worlds.parts import part_table
 
 AUX_VERSION = "aux-v1"
 _ADE_OF_PART = part_table("ade").astype(np.uint8)
@@ -206,12 +208,18 @@ def write_sun(config: AuxWorldConfig, root: Path) -> Path:
     return root
 
 
+# Provenance name of the markers (``<prefix>.ade`` / ``<prefix>.sun``), read into every shard manifest's
+# source_version: a stable name, no longer the module path (the world moved to geosem.worlds). It must
+# stay byte-identical, or every raw file's marker and every shard variant's provenance would change.
+GENERATOR_PREFIX = "geosem.sources.synthetic.aux_writer"
+
+
 def _marker(root: Path, config: AuxWorldConfig, name: str, layout: str) -> None:
     info = {
-        "generator": f"geosem.sources.synthetic.aux_writer.{name}",
+        "generator": f"{GENERATOR_PREFIX}.{name}",
         "version": AUX_VERSION,
         "digest": _digest(config, name),
         "config": asdict(config),
         "layout": layout,
     }
-    atomic_write_text(Path(root) / "geosem_world.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(Path(root) / WORLD_MARKER, json.dumps(info, indent=2, sort_keys=True) + "\n")

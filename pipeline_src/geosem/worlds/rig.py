@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # KITTI full-resolution rectified colour intrinsics (P_rect_02) of two recording dates, and their
-# stereo baselines (reference/datasets.md 1.1-1.2): (width, height, fx, cx, cy, baseline).
+# stereo baselines (docs/datasets.md 1.1-1.2): (width, height, fx, cx, cy, baseline).
 _KITTI_DATES = {
     "a": (1242, 375, 721.5377, 609.5593, 172.854, 0.5327),
     "b": (1241, 376, 718.856, 607.1928, 185.2157, 0.5372),

@@ -48,19 +48,15 @@ import numpy as np
 from geosem.atomic import atomic_write_text
 from geosem.labelspaces import CITYSCAPES_COLOURS
 from geosem.sources.common import swap_in
-from geosem.sources.synthetic.driving import (
-    DATES,
-    WORLD_VERSION,
-    DriveId,
-    DriveRenderer,
-    DrivingFrame,
-    DrivingWorldConfig,
-    drive_ids,
-    rig_for,
-)
-from geosem.sources.synthetic.parts import part_table
-from geosem.sources.synthetic.rig import Rig
+from geosem.worlds import WORLD_MARKER
+from geosem.worlds.driving import DATES, WORLD_VERSION, DriveId, DrivingWorldConfig, drive_ids, rig_for
+from geosem.worlds.driving_frames import DriveRenderer, DrivingFrame
+from geosem.worlds.parts import part_table
+from geosem.worlds.rig import Rig
 
+# Provenance name written into geosem_world.json and from there into every shard manifest's
+# source_version: a stable name, no longer the module path (the world moved to geosem.worlds). It must
+# stay byte-identical, or every raw file's marker and every shard variant's provenance would change.
 GENERATOR = "geosem.sources.synthetic.driving"
 DEPTH_SCALE = 256.0
 FLOW_SCALE = 64.0
@@ -253,6 +249,29 @@ def instance_map(frame: DrivingFrame) -> np.ndarray:
     return ids * 256 + number
 
 
+_DRIVE_FOLDERS = (
+    "image_02/data",
+    "image_03/data",
+    "velodyne_points/data",
+    "oxts/data",
+    "proj_depth/groundtruth/image_02",
+    "proj_depth/groundtruth/image_03",
+    "semantic_02/data",
+    "instance_02/data",
+    "flow_02/data",
+    "dynamic_02/data",
+)
+# Clock offsets (s) of each sensor's timestamp files from the camera's: OXTS, scanner, sweep start / end.
+_TIMESTAMP_OFFSETS = (
+    ("image_02/timestamps.txt", 0.0),
+    ("image_03/timestamps.txt", 0.0),
+    ("oxts/timestamps.txt", -0.004),
+    ("velodyne_points/timestamps.txt", -0.001),
+    ("velodyne_points/timestamps_start.txt", -0.05),
+    ("velodyne_points/timestamps_end.txt", 0.05),
+)
+
+
 def write_drive(
     config: DrivingWorldConfig,
     drive: DriveId,
@@ -264,52 +283,19 @@ def write_drive(
     staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
-    folders = [
-        "image_02/data",
-        "image_03/data",
-        "velodyne_points/data",
-        "oxts/data",
-        "proj_depth/groundtruth/image_02",
-        "proj_depth/groundtruth/image_03",
-        "semantic_02/data",
-        "instance_02/data",
-        "flow_02/data",
-        "dynamic_02/data",
-    ]
     try:
-        for folder in folders:
+        for folder in _DRIVE_FOLDERS:
             (staging / folder).mkdir(parents=True)
         renderer = DriveRenderer(config, drive)
         poses = []
         for t in range(config.frames):
             frame = renderer.frame(t)
-            name = f"{t:010d}.png"
-            _write_png(staging / "image_02/data" / name, np.ascontiguousarray(frame.image[..., ::-1]))
-            _write_png(staging / "image_03/data" / name, np.ascontiguousarray(frame.right[..., ::-1]))
-            _write_png(staging / "proj_depth/groundtruth/image_02" / name, _depth_png(frame.depth))
-            _write_png(staging / "proj_depth/groundtruth/image_03" / name, _depth_png(frame.right_depth))
-            _write_png(staging / "semantic_02/data" / name, _CITYSCAPES_OF_PART[frame.parts])
-            _write_png(staging / "instance_02/data" / name, instance_map(frame))
-            _write_png(staging / "flow_02/data" / name, encode_flow(frame.flow))
-            _write_png(staging / "dynamic_02/data" / name, frame.dynamic)
-            frame.lidar.astype(np.float32).tofile(staging / "velodyne_points/data" / f"{t:010d}.bin")
+            _write_frame(staging, t, frame)
             poses.append(frame.pose)
             if on_frame is not None:
                 on_frame(t)
-        for folder, offset in (("image_02", 0.0), ("image_03", 0.0), ("oxts", -0.004)):
-            (staging / folder / "timestamps.txt").write_text(
-                _timestamps(drive.date_key, drive, config.frames, config.fps, offset)
-            )
-        velo = staging / "velodyne_points"
-        (velo / "timestamps.txt").write_text(
-            _timestamps(drive.date_key, drive, config.frames, config.fps, -0.001)
-        )
-        (velo / "timestamps_start.txt").write_text(
-            _timestamps(drive.date_key, drive, config.frames, config.fps, -0.05)
-        )
-        (velo / "timestamps_end.txt").write_text(
-            _timestamps(drive.date_key, drive, config.frames, config.fps, 0.05)
-        )
+        for name, offset in _TIMESTAMP_OFFSETS:
+            (staging / name).write_text(_timestamps(drive.date_key, drive, config.frames, config.fps, offset))
         (staging / "oxts" / "dataformat.txt").write_text("\n".join(OXTS_FIELDS) + "\n")
         for t, line in enumerate(oxts_packets(config, drive, np.stack(poses), renderer.scene.yaw_rate)):
             (staging / "oxts/data" / f"{t:010d}.txt").write_text(line + "\n")
@@ -318,6 +304,20 @@ def write_drive(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _write_frame(drive_dir: Path, t: int, frame: DrivingFrame) -> None:
+    """Every per-frame file of frame ``t``: images, depth, labels, instances, flow, motion mask, scan."""
+    name = f"{t:010d}.png"
+    _write_png(drive_dir / "image_02/data" / name, np.ascontiguousarray(frame.image[..., ::-1]))
+    _write_png(drive_dir / "image_03/data" / name, np.ascontiguousarray(frame.right[..., ::-1]))
+    _write_png(drive_dir / "proj_depth/groundtruth/image_02" / name, _depth_png(frame.depth))
+    _write_png(drive_dir / "proj_depth/groundtruth/image_03" / name, _depth_png(frame.right_depth))
+    _write_png(drive_dir / "semantic_02/data" / name, _CITYSCAPES_OF_PART[frame.parts])
+    _write_png(drive_dir / "instance_02/data" / name, instance_map(frame))
+    _write_png(drive_dir / "flow_02/data" / name, encode_flow(frame.flow))
+    _write_png(drive_dir / "dynamic_02/data" / name, frame.dynamic)
+    frame.lidar.astype(np.float32).tofile(drive_dir / "velodyne_points/data" / f"{t:010d}.bin")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def write_semantics(config: DrivingWorldConfig, root: Path) -> Path:
         "config": asdict(config),
         "layout": "kitti",
     }
-    atomic_write_text(root / "geosem_world.json", json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(root / WORLD_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
     return final
 
 

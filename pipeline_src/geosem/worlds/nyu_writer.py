@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -35,9 +35,13 @@ from geosem.sources.matfile import (
     finish_mat73,
     write_mat5,
 )
-from geosem.sources.synthetic.indoor import WORLD_VERSION, IndoorWorldConfig, render_room
-from geosem.sources.synthetic.parts import NYU_RAW_NAMES, nyu_map_class, part_table
+from geosem.worlds import WORLD_MARKER
+from geosem.worlds.indoor import WORLD_VERSION, IndoorWorldConfig, render_room
+from geosem.worlds.parts import NYU_RAW_NAMES, nyu_map_class, part_table
 
+# Provenance name written into geosem_world.json and from there into every shard manifest's
+# source_version: a stable name, no longer the module path (the world moved to geosem.worlds). It must
+# stay byte-identical, or every raw file's marker and every shard variant's provenance would change.
 GENERATOR = "geosem.sources.synthetic.indoor"
 NYU_TEST_SHARE = 654 / 1449
 _NYU_RAW_OF_PART = part_table("nyu_raw")
@@ -101,8 +105,39 @@ def _raw_depth(depth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return raw
 
 
+@dataclass
+class _Frames:
+    """Every rendered frame of the world, in room order."""
+
+    image: np.ndarray  # (N,H,W,3) uint8
+    depth: np.ndarray  # (N,H,W) float32
+    label: np.ndarray  # (N,H,W) uint16 raw NYU object ids
+    instance: np.ndarray  # (N,H,W) uint8
+    pose: np.ndarray  # (N,4,4)
+    room: np.ndarray  # (N,) room index
+    kinds: list[str]  # room kind of each frame
+
+
 def write_nyu_files(config: IndoorWorldConfig, batch_paths: list[Path], root: Path) -> Path:
     """Gather rendered batches into NYUv2's labelled .mat, splits.mat and classMapping40.mat."""
+    frames = _read_batches(config, batch_paths)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    mat = _write_labelled_mat(frames, np.random.default_rng([config.seed, 77]), root)
+    _write_splits(config, frames.room, root)
+    write_mat5(root / "classMapping40.mat", {"mapClass": nyu_map_class().reshape(1, -1)})
+    marker = {
+        "generator": GENERATOR,
+        "version": WORLD_VERSION,
+        "digest": world_digest(config),
+        "config": asdict(config),
+        "layout": "nyuv2",
+    }
+    atomic_write_text(root / WORLD_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    return mat
+
+
+def _read_batches(config: IndoorWorldConfig, batch_paths: list[Path]) -> _Frames:
     images, depths, labels, instances, poses, kinds, rooms = [], [], [], [], [], [], []
     for path in batch_paths:
         if not Path(path).is_file():
@@ -115,44 +150,39 @@ def write_nyu_files(config: IndoorWorldConfig, batch_paths: list[Path], root: Pa
             poses.append(handle["poses"][...])
             rooms.append(handle["rooms"][...])
             kinds += json.loads(handle.attrs["kinds"])
-    image = np.concatenate(images)
-    depth = np.concatenate(depths)
     room = np.concatenate(rooms)
     if sorted(set(room.tolist())) != list(range(config.rooms)):
         raise ValueError(f"batches {batch_paths} do not hold exactly rooms 0..{config.rooms - 1}")
     order = np.argsort(room, kind="stable")
-    image, depth, room = image[order], depth[order], room[order]
-    label = np.concatenate(labels)[order]
-    instance = np.concatenate(instances)[order]
-    pose = np.concatenate(poses)[order]
-    kinds = [kinds[i] for i in order]
-    rng = np.random.default_rng([config.seed, 77])
+    return _Frames(
+        image=np.concatenate(images)[order],
+        depth=np.concatenate(depths)[order],
+        label=np.concatenate(labels)[order],
+        instance=np.concatenate(instances)[order],
+        pose=np.concatenate(poses)[order],
+        room=room[order],
+        kinds=[kinds[i] for i in order],
+    )
 
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+
+def _write_labelled_mat(frames: _Frames, rng: np.random.Generator, root: Path) -> Path:
+    """nyu_depth_v2_labeled.mat, atomically; ``rng`` draws the raw depths' holes."""
     mat = root / "nyu_depth_v2_labeled.mat"
     tmp = root / f".{mat.name}.tmp-{os.getpid()}"
+    room, kinds = frames.room, frames.kinds
     try:
         with create_mat73(tmp) as handle:
             # h5py shows MATLAB's arrays with the axis order reversed: (N,H,W,C) -> (N,C,W,H).
-            add_mat73_array(
-                handle, "images", np.ascontiguousarray(image.transpose(0, 3, 2, 1)), compression=True
-            )
-            add_mat73_array(
-                handle, "depths", np.ascontiguousarray(depth.transpose(0, 2, 1)), compression=True
-            )
-            raw = np.stack([_raw_depth(d, rng) for d in depth])
-            add_mat73_array(
-                handle, "rawDepths", np.ascontiguousarray(raw.transpose(0, 2, 1)), compression=True
-            )
-            add_mat73_array(
-                handle, "labels", np.ascontiguousarray(label.transpose(0, 2, 1)), compression=True
-            )
-            add_mat73_array(
-                handle, "instances", np.ascontiguousarray(instance.transpose(0, 2, 1)), compression=True
-            )
+            for name, array in (
+                ("images", frames.image.transpose(0, 3, 2, 1)),
+                ("depths", frames.depth.transpose(0, 2, 1)),
+                ("rawDepths", np.stack([_raw_depth(d, rng) for d in frames.depth]).transpose(0, 2, 1)),
+                ("labels", frames.label.transpose(0, 2, 1)),
+                ("instances", frames.instance.transpose(0, 2, 1)),
+            ):
+                add_mat73_array(handle, name, np.ascontiguousarray(array), compression=True)
             # Gravity in each camera frame (world y is down) and the tilt angle: the accelerometer.
-            gravity = pose[:, :3, :3].transpose(0, 2, 1) @ np.array([0.0, 1.0, 0.0])
+            gravity = frames.pose[:, :3, :3].transpose(0, 2, 1) @ np.array([0.0, 1.0, 0.0])
             tilt = np.degrees(np.arccos(np.clip(gravity[:, 1], -1.0, 1.0)))
             accel = np.concatenate([gravity, tilt[:, None]], axis=1).astype(np.float32)
             add_mat73_array(handle, "accelData", np.ascontiguousarray(accel.T))
@@ -164,8 +194,11 @@ def write_nyu_files(config: IndoorWorldConfig, batch_paths: list[Path], root: Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return mat
 
-    # Whole rooms go to one split, like NYU's scene-disjoint split.
+
+def _write_splits(config: IndoorWorldConfig, room: np.ndarray, root: Path) -> None:
+    """splits.mat: whole rooms go to one split, like NYU's scene-disjoint split."""
     n_test = min(config.rooms - 1, max(1, round(config.rooms * NYU_TEST_SHARE))) if config.rooms > 1 else 0
     test_rooms = set(np.random.default_rng([config.seed, 78]).permutation(config.rooms)[:n_test].tolist())
     index = np.arange(1, len(room) + 1, dtype=np.float64)
@@ -174,13 +207,3 @@ def write_nyu_files(config: IndoorWorldConfig, batch_paths: list[Path], root: Pa
         root / "splits.mat",
         {"trainNdxs": index[~is_test].reshape(-1, 1), "testNdxs": index[is_test].reshape(-1, 1)},
     )
-    write_mat5(root / "classMapping40.mat", {"mapClass": nyu_map_class().reshape(1, -1)})
-    marker = {
-        "generator": GENERATOR,
-        "version": WORLD_VERSION,
-        "digest": world_digest(config),
-        "config": asdict(config),
-        "layout": "nyuv2",
-    }
-    atomic_write_text(root / "geosem_world.json", json.dumps(marker, indent=2, sort_keys=True) + "\n")
-    return mat

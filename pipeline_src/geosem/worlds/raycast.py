@@ -12,7 +12,8 @@ a time, nearest first, skipping primitives already hidden behind what was drawn 
 rectangle); small rectangles are flattened into one batch of (ray, primitive) pairs. The depth test of
 both paths is a single integer minimum on packed keys ``(float32 bits of t) << 32 | code`` (positive
 floats order like their bit patterns), so no sort is needed. Shading is deferred: planar faces take a
-per-face shade computed once per frame, and only curved surfaces get per-pixel normals.
+per-face shade computed once per frame, and only curved surfaces get per-pixel normals; colours come
+from :mod:`geosem.worlds.materials`.
 
 ``code`` of a hit is ``primitive * 8 + face``: faces 0..5 are the box faces (axis * 2 + 1 when the
 outward normal points along -axis), caps of cylinders use the y faces, and :data:`FACE_CURVED` marks
@@ -38,14 +39,6 @@ _INF_KEY = (np.int64(np.array(np.inf, np.float32).view(np.int32)) << np.int64(32
 # 3000, 6000 (5.3 ms per view against 6.1 for 800 and 8.5 for 3000).
 SMALL_RECT = 1500
 
-# Procedural texture kinds, identical for every class (the material draw never sees the class).
-TEX_FLAT, TEX_NOISE, TEX_STRIPES, TEX_CHECKER = 0, 1, 2, 3
-
-# Lattice of the value noise: one fixed periodic table, so a texture lookup is 8 gathers, no hashing.
-_NOISE_BITS = 5
-_NOISE_SIZE = 1 << _NOISE_BITS
-_NOISE = np.random.default_rng(20240607).random(_NOISE_SIZE**3).astype(np.float32)
-
 
 @dataclass
 class Primitives:
@@ -56,7 +49,7 @@ class Primitives:
     center: np.ndarray  # (M,3) float64
     yaw: np.ndarray  # (M,) float64, rotation about the world y axis
     half: np.ndarray  # (M,3) float64
-    part: np.ndarray  # (M,) int64 world part id (geosem.sources.synthetic.parts)
+    part: np.ndarray  # (M,) int64 world part id (geosem.worlds.parts)
     material: np.ndarray  # (M,) int64 row of the material table
     obj: np.ndarray  # (M,) int64 object id (cars, persons, furniture), -1 for none
 
@@ -79,155 +72,6 @@ def yaw_matrix(yaw: float) -> np.ndarray:
     """Rotation about the (downward) y axis that maps local +z onto heading (sin yaw, 0, cos yaw)."""
     c, s = math.cos(yaw), math.sin(yaw)
     return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-
-
-# ----------------------------------------------------------------------------------------------------
-# Materials and textures. Everything per ray is kept as separate contiguous 1-D arrays (structure of
-# arrays): numpy is 10-25x slower on (N,3) arrays broadcast against (N,1) or on strided columns
-# (benchmarks/world_speed.py --ops).
-
-
-@dataclass
-class Materials:
-    """Material table as columns (float32, one row per material)."""
-
-    base: tuple[np.ndarray, np.ndarray, np.ndarray]  # RGB in [0, 1]
-    delta: tuple[np.ndarray, np.ndarray, np.ndarray]  # second colour minus base
-    kind: np.ndarray  # int64 texture kind
-    inv_scale: np.ndarray  # 1 / texture period in metres
-    contrast: np.ndarray
-    direction: tuple[np.ndarray, np.ndarray, np.ndarray]  # unit stripe direction
-    offset: tuple[np.ndarray, np.ndarray, np.ndarray]  # texture-space offset
-
-    def luminance(self, mats: np.ndarray) -> np.ndarray:
-        r, g, b = self.base
-        return 0.3 * r[mats] + 0.59 * g[mats] + 0.11 * b[mats]
-
-
-# Dressings: how a world draws its materials (texture period range in metres, contrast range, weights of
-# flat / noise / stripes / checker). Datasets get different looks from them while colour stays
-# class-blind within each.
-DRESSINGS: dict[str, dict] = {
-    "kitti": {
-        "scale_range": (0.2, 3.0),
-        "contrast_range": (0.15, 0.7),
-        "kind_weights": (0.25, 0.25, 0.25, 0.25),
-    },
-    "nyu": {"scale_range": (0.1, 1.5), "contrast_range": (0.1, 0.6), "kind_weights": (0.3, 0.3, 0.2, 0.2)},
-    "sun": {"scale_range": (0.05, 0.6), "contrast_range": (0.2, 0.8), "kind_weights": (0.15, 0.45, 0.2, 0.2)},
-    "ade": {
-        "scale_range": (0.3, 2.5),
-        "contrast_range": (0.05, 0.4),
-        "kind_weights": (0.45, 0.25, 0.15, 0.15),
-    },
-}
-
-
-class MaterialBank:
-    """Draws materials from one per-scene palette. The draw never sees the class: that is the point."""
-
-    def __init__(
-        self,
-        rng: np.random.Generator,
-        palette_size: int,
-        scale_range: tuple[float, float] = (0.2, 3.0),
-        contrast_range: tuple[float, float] = (0.15, 0.7),
-        kind_weights: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25),
-    ) -> None:
-        self._rng = rng
-        self._palette = rng.uniform(0.06, 0.94, size=(palette_size, 3))
-        self._scale = scale_range
-        self._contrast = contrast_range
-        self._kinds = np.asarray(kind_weights, np.float64) / np.sum(kind_weights)
-        self._rows: list[tuple] = []
-
-    def draw(self) -> int:
-        rng = self._rng
-        i, j = rng.integers(0, len(self._palette), size=2)
-        kind = int(rng.choice(4, p=self._kinds))
-        inv_scale = 1.0 / math.exp(rng.uniform(math.log(self._scale[0]), math.log(self._scale[1])))
-        contrast = rng.uniform(*self._contrast)
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction) + 1e-12
-        offset = rng.uniform(0.0, float(_NOISE_SIZE), size=3)
-        self._rows.append((self._palette[i], self._palette[j], kind, inv_scale, contrast, direction, offset))
-        return len(self._rows) - 1
-
-    def freeze(self) -> Materials:
-        rows = self._rows
-
-        def columns(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            stacked = np.array([r[index] for r in rows], dtype=np.float32).reshape(-1, 3)
-            return tuple(np.ascontiguousarray(stacked[:, k]) for k in range(3))  # type: ignore[return-value]
-
-        base, second = columns(0), columns(1)
-        return Materials(
-            base=base,
-            delta=tuple(second[k] - base[k] for k in range(3)),  # type: ignore[arg-type]
-            kind=np.array([r[2] for r in rows], dtype=np.int64),
-            inv_scale=np.array([r[3] for r in rows], dtype=np.float32),
-            contrast=np.array([r[4] for r in rows], dtype=np.float32),
-            direction=columns(5),
-            offset=columns(6),
-        )
-
-
-def _value_noise(qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
-    """Trilinear value noise with a smoothstep fade on the periodic lattice (float32 in, float32 out)."""
-    fx, fy, fz = np.floor(qx), np.floor(qy), np.floor(qz)
-    ix, iy, iz = fx.astype(np.int64), fy.astype(np.int64), fz.astype(np.int64)
-    fx, fy, fz = qx - fx, qy - fy, qz - fz
-    three, two = np.float32(3.0), np.float32(2.0)
-    fx, fy, fz = fx * fx * (three - two * fx), fy * fy * (three - two * fy), fz * fz * (three - two * fz)
-    mask, bits = _NOISE_SIZE - 1, _NOISE_BITS
-    x0, x1 = (ix & mask) << (2 * bits), ((ix + 1) & mask) << (2 * bits)
-    y0, y1 = (iy & mask) << bits, ((iy + 1) & mask) << bits
-    z0, z1 = iz & mask, (iz + 1) & mask
-    n = _NOISE
-    a, b = x0 + y0, x0 + y1
-    c, d = x1 + y0, x1 + y1
-    v00 = n[a + z0]
-    v00 += fz * (n[a + z1] - v00)
-    v01 = n[b + z0]
-    v01 += fz * (n[b + z1] - v01)
-    v10 = n[c + z0]
-    v10 += fz * (n[c + z1] - v10)
-    v11 = n[d + z0]
-    v11 += fz * (n[d + z1] - v11)
-    v00 += fy * (v01 - v00)
-    v10 += fy * (v11 - v10)
-    return v00 + fx * (v10 - v00)
-
-
-def surface_colour(
-    px: np.ndarray, py: np.ndarray, pz: np.ndarray, mats: np.ndarray, table: Materials
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unshaded RGB channels in [0,1] (float32) of surface points given in texture space."""
-    inv = table.inv_scale[mats]
-    qx = px * inv + table.offset[0][mats]
-    qy = py * inv + table.offset[1][mats]
-    qz = pz * inv + table.offset[2][mats]
-    kind = table.kind[mats]
-    value = np.zeros(px.size, np.float32)
-    sel = np.flatnonzero(kind == TEX_NOISE)
-    if sel.size:
-        x, y, z = qx[sel], qy[sel], qz[sel]
-        noise = np.float32(0.65) * _value_noise(x, y, z)
-        k, o = np.float32(2.7), np.float32(11.0)
-        noise += np.float32(0.35) * _value_noise(k * x + o, k * y + o, k * z + o)
-        value[sel] = np.clip(np.float32(1.8) * noise - np.float32(0.4), 0.0, 1.0)
-    sel = np.flatnonzero(kind == TEX_STRIPES)
-    if sel.size:
-        m = mats[sel]
-        d = table.direction
-        phase = qx[sel] * d[0][m] + qy[sel] * d[1][m] + qz[sel] * d[2][m]
-        value[sel] = (phase - np.floor(phase)) < 0.5
-    sel = np.flatnonzero(kind == TEX_CHECKER)
-    if sel.size:
-        value[sel] = (np.floor(qx[sel]) + np.floor(qy[sel]) + np.floor(qz[sel])) % np.float32(2.0)
-    w = table.contrast[mats] * value
-    b, d = table.base, table.delta
-    return b[0][mats] + w * d[0][mats], b[1][mats] + w * d[1][mats], b[2][mats] + w * d[2][mats]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -315,6 +159,20 @@ _EDGE_A = np.array([i for bit in (4, 2, 1) for i in range(8) if not i & bit])
 _EDGE_B = _EDGE_A + np.repeat([4, 2, 1], 4)
 
 
+def _azimuth_arcs(corners_sensor: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Azimuth arc of every box's corners (M,8,3) in the sensor frame: start, length (radians) and
+    whether the sensor lies outside the box's footprint (the widest gap between corners exceeds pi)."""
+    az = np.arctan2(corners_sensor[..., 1], corners_sensor[..., 0])  # (M,8)
+    order = np.sort(az, axis=1)
+    gaps = np.diff(np.concatenate([order, order[:, :1] + 2 * np.pi], axis=1), axis=1)
+    widest = gaps.argmax(axis=1)
+    rows = np.arange(az.shape[0])
+    outside = gaps[rows, widest] > np.pi
+    lo = order[rows, (widest + 1) % 8]  # the visible arc runs from after the widest gap ...
+    hi = order[rows, widest]  # ... round to its start
+    return lo, np.mod(hi - lo, 2 * np.pi), outside
+
+
 def spherical_rects(
     frames: LocalFrames,
     center_height: np.ndarray,
@@ -334,15 +192,7 @@ def spherical_rects(
     its footprint, widened by the sensor's ``tilt`` from the world vertical and by one beam. Intervals
     across the +-pi seam are split in two.
     """
-    az = np.arctan2(corners_sensor[..., 1], corners_sensor[..., 0])  # (M,8)
-    order = np.sort(az, axis=1)
-    gaps = np.diff(np.concatenate([order, order[:, :1] + 2 * np.pi], axis=1), axis=1)
-    widest = gaps.argmax(axis=1)
-    rows = np.arange(az.shape[0])
-    outside = gaps[rows, widest] > np.pi
-    lo = order[rows, (widest + 1) % 8]  # the visible arc runs from after the widest gap ...
-    hi = order[rows, widest]  # ... round to its start
-    span = np.mod(hi - lo, 2 * np.pi)
+    lo, span, outside = _azimuth_arcs(corners_sensor)
     # Footprint distances in the world's horizontal plane (the frames' local x/z).
     ox, oz = frames.ox.astype(np.float64), frames.oz.astype(np.float64)
     hx, hz, hy = (a.astype(np.float64) for a in (frames.hx, frames.hz, frames.hy))
@@ -644,12 +494,3 @@ def primitive_surface(
         cos_sun[sel] = (nx * sun_x[sel] + ny * sun_y + nz * sun_z[sel]) / np.maximum(norm, f32(1e-12))
     shade = f32(ambient) + f32(1.0 - ambient) * np.maximum(cos_sun, f32(0.0))
     return PrimitiveSurface(index=index, prim=prim, lx=lx, ly=ly, lz=lz, shade=shade)
-
-
-def to_uint8(r: np.ndarray, g: np.ndarray, b: np.ndarray, shade: np.ndarray) -> np.ndarray:
-    """Shaded RGB channels -> (N,3) uint8."""
-    out = np.empty((r.size, 3), np.uint8)
-    k = shade * np.float32(255.0)
-    for channel, value in enumerate((r, g, b)):
-        out[:, channel] = np.clip(value * k + np.float32(0.5), 0.0, 255.0)
-    return out
