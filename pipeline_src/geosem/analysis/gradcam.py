@@ -268,41 +268,18 @@ def _load_run(run_dir: Path, device: torch.device) -> tuple[dict[str, Any], nn.M
     return run, model.to(device)
 
 
-def gradcam_figure(
-    run_dirs: Sequence[Path | str],
-    out_png: Path | str,
-    num_images: int = 4,
-    device: torch.device | str = "cpu",
-    layer: str | None = None,
-) -> GradcamFigure:
-    """Draw paper A's Fig. 6 for fine-tuned segmentation runs (one per init) into ``out_png``.
-
-    Rows: the first ``num_images`` test images of the runs' shard set (test split, test stride).
-    Columns: image, ground-truth labels, then for each run its predicted labels and its Grad-CAM of the
-    shallow encoder layer overlaid on the image, titled with the run's init name and fine-tuning mode.
-    All runs must evaluate on the same shard set and test ids. The PNG is written atomically.
-
-    ``layer``: a module name (as in ``model.named_modules()``, e.g. ``encoder.body.act1`` for the ResNet
-    stem before its max pooling) instead of :func:`shallow_layer`'s choice, the same for every run.
-    """
-    from matplotlib.figure import Figure
-
+def _test_images(
+    run_dirs: list[Path], runs: list[dict[str, Any]], num_images: int, device: torch.device
+) -> tuple[list[str], torch.Tensor, np.ndarray]:
+    """The first ``num_images`` test ids, images and labels the runs share; runs that evaluate on other
+    images cannot be compared and are refused, naming the run."""
     from geosem.shards.reader import ShardDataset, ShardSet
     from geosem.train.jobs import test_ids
 
-    if not run_dirs:
-        raise ValueError("gradcam_figure needs at least one run directory")
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    device = torch.device(device)
-    run_dirs = [Path(d) for d in run_dirs]
-    loaded = [_load_run(d, device) for d in run_dirs]
-
-    first_run = loaded[0][0]
-    shard_dir = Path(first_run["data"]["shards"]).resolve()
+    shard_dir = Path(runs[0]["data"]["shards"]).resolve()
     shards = ShardSet(shard_dir)
-    ids = test_ids(shards, first_run)[:num_images]
-    for run_dir, (run, _) in zip(run_dirs, loaded, strict=True):
+    ids = test_ids(shards, runs[0])[:num_images]
+    for run_dir, run in zip(run_dirs, runs, strict=True):
         if Path(run["data"]["shards"]).resolve() != shard_dir:
             raise ValueError(
                 f"{run_dir}: shard set {run['data']['shards']} differs from {shard_dir} of {run_dirs[0]}; "
@@ -310,23 +287,32 @@ def gradcam_figure(
             )
         if test_ids(shards, run)[:num_images] != ids:
             raise ValueError(f"{run_dir}: test split or stride differs from {run_dirs[0]}")
-
     dataset = ShardDataset(shards, ids, ("image", "label"))
     samples = [dataset[i] for i in range(len(dataset))]
     shards.close()
     images = torch.stack([s["image"] for s in samples]).to(device)
-    labels = torch.stack([s["label"] for s in samples]).numpy()
-    palette = _palette(first_run["data"].get("label_space"))
+    return list(ids), images, torch.stack([s["label"] for s in samples]).numpy()
 
-    result = GradcamFigure(path=Path(out_png), ids=list(ids))
+
+def _target_layer(run_dir: Path, model: nn.Module, layer: str | None) -> nn.Module:
+    if layer is None:
+        return shallow_layer(model)
+    module = dict(model.named_modules()).get(layer)
+    if module is None:
+        raise ValueError(f"{run_dir}: {type(model).__name__} has no module named {layer!r}")
+    return module
+
+
+def _compute(
+    result: GradcamFigure,
+    loaded: list[tuple[Path, dict[str, Any], nn.Module]],
+    images: torch.Tensor,
+    layer: str | None,
+) -> None:
+    """Each run's Grad-CAM and prediction into ``result``, with a title per run."""
     titles: list[str] = []
-    for run_dir, (run, model) in zip(run_dirs, loaded, strict=True):
-        if layer is None:
-            module = shallow_layer(model)
-        else:
-            module = dict(model.named_modules()).get(layer)
-            if module is None:
-                raise ValueError(f"{run_dir}: {type(model).__name__} has no module named {layer!r}")
+    for run_dir, run, model in loaded:
+        module = _target_layer(run_dir, model, layer)
         cam, logits = _gradcam(model, images, module)
         key = str(run["run_id"])
         result.cams[key] = cam.cpu().numpy()
@@ -336,6 +322,11 @@ def gradcam_figure(
     # Several runs of one init (seeds, sizes) would share a title: name them by run id then.
     for index, key in enumerate(result.cams):
         result.titles[key] = titles[index] if titles.count(titles[index]) == 1 else f"{titles[index]}\n{key}"
+
+
+def _draw(result: GradcamFigure, images: torch.Tensor, labels: np.ndarray, palette: np.ndarray) -> None:
+    """Image, ground truth, then prediction and Grad-CAM overlay per run; one row per test image."""
+    from matplotlib.figure import Figure
 
     rows, cols = result.grid
     height, width = images.shape[-2:]
@@ -362,7 +353,38 @@ def gradcam_figure(
             if row == 0:
                 axis.set_title(title, fontsize=7)
             if col == 0:
-                axis.set_ylabel(ids[row], fontsize=6)
+                axis.set_ylabel(result.ids[row], fontsize=6)
     figure.tight_layout()
-    atomic_write_with(Path(out_png), lambda tmp: figure.savefig(tmp, format="png"))
+    atomic_write_with(result.path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+def gradcam_figure(
+    run_dirs: Sequence[Path | str],
+    out_png: Path | str,
+    num_images: int = 4,
+    device: torch.device | str = "cpu",
+    layer: str | None = None,
+) -> GradcamFigure:
+    """Draw paper A's Fig. 6 for fine-tuned segmentation runs (one per init) into ``out_png``.
+
+    Rows: the first ``num_images`` test images of the runs' shard set (test split, test stride).
+    Columns: image, ground-truth labels, then for each run its predicted labels and its Grad-CAM of the
+    shallow encoder layer overlaid on the image, titled with the run's init name and fine-tuning mode.
+    All runs must evaluate on the same shard set and test ids. The PNG is written atomically.
+
+    ``layer``: a module name (as in ``model.named_modules()``, e.g. ``encoder.body.act1`` for the ResNet
+    stem before its max pooling) instead of :func:`shallow_layer`'s choice, the same for every run.
+    """
+    if not run_dirs:
+        raise ValueError("gradcam_figure needs at least one run directory")
+    if num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    device = torch.device(device)
+    paths = [Path(d) for d in run_dirs]
+    loaded = [(path, *_load_run(path, device)) for path in paths]
+    runs = [run for _, run, _ in loaded]
+    ids, images, labels = _test_images(paths, runs, num_images, device)
+    result = GradcamFigure(path=Path(out_png), ids=ids)
+    _compute(result, loaded, images, layer)
+    _draw(result, images, labels, _palette(runs[0]["data"].get("label_space")))
     return result

@@ -167,13 +167,118 @@ def _curves_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+TrainStep = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class _Training:
+    """One call of ``train``: the optimiser state, its checkpoint, and the steps this call takes."""
+
+    def __init__(self, run_dir: Path, run_digest: str, model: nn.Module, spec: LoopSpec, dist: Distributed):
+        self.run_dir, self.run_digest, self.model, self.spec, self.dist = (
+            run_dir,
+            run_digest,
+            model,
+            spec,
+            dist,
+        )
+        self.checkpoint_path = run_dir / CHECKPOINT_NAME
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
+        self.scheduler = _make_scheduler(self.optimizer, spec)
+        self.curves: list[dict[str, Any]] = []
+        self.start = self.resume()
+        self.step = self.start
+        self.last_eval: dict[str, Any] | None = None
+
+    def resume(self) -> int:
+        """Load this run's checkpoint, if there is one; the step to start from."""
+        state = load_checkpoint(self.checkpoint_path)
+        if state is None:
+            return 0
+        if state.get("run_digest") != self.run_digest:
+            log.warning("ignoring %s: it was written for another run configuration", self.checkpoint_path)
+            return 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        if "gradients" in state:
+            restore_gradients(self.model, state["gradients"])
+        self.curves = state["curves"]
+        print(f"resuming {self.run_dir} from step {state['step']}", file=sys.stderr)
+        return int(state["step"])
+
+    def save(self) -> None:
+        atomic_torch_save(
+            {
+                "run_digest": self.run_digest,
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": capture_rng_state(),
+                "curves": self.curves,
+                # Without zero_grad the next step adds to these sums: resuming without them would not
+                # continue the same sequence of updates.
+                **({} if self.spec.zero_grad else {"gradients": capture_gradients(self.model)}),
+            },
+            self.checkpoint_path,
+        )
+
+    def take_step(
+        self, net: nn.Module, loss_fn: TrainStep, batch: dict[str, torch.Tensor]
+    ) -> tuple[float, dict]:
+        """One optimiser step; the global batch's loss and the task's loss terms."""
+        self.model.train()
+        if self.spec.zero_grad:
+            self.optimizer.zero_grad(set_to_none=True)
+        loss, logs = loss_fn(net, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.run_dir}: loss is {loss.item()} at step {self.step}")
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return self.dist.mean(float(loss.item())), logs
+
+    def evaluate(self, evaluate_fn: Callable[[nn.Module], dict[str, Any]]) -> dict[str, Any]:
+        """Rank 0 evaluates; every rank gets its scores."""
+        return self.dist.broadcast(evaluate_fn(self.model) if self.dist.is_main else None)
+
+    def record(self, loss_value: float, logs: dict[str, float], scores: dict[str, Any], step_log: StepLog):
+        """One row of the curves, at an evaluation step."""
+        row = {"step": self.step, "train_loss": loss_value, "lr": self.scheduler.get_last_lr()[0]}
+        row.update({k: self.dist.mean(v) for k, v in logs.items()})
+        row.update({k: v for k, v in scores.items() if isinstance(v, int | float)})
+        self.curves.append(row)
+        step_log.log(self.step, scores, prefix="test/")
+        step_log.summary()
+        log.info("step %d: %s", self.step, row)
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            atomic_torch_save(
+                {"model": self.model.state_dict(), "run_digest": self.run_digest}, self.run_dir / "model.pt"
+            )
+            atomic_write_text(self.run_dir / "curves.csv", _curves_csv(self.curves))
+            atomic_write_json(self.run_dir / "metrics.json", metrics)
+            self.checkpoint_path.unlink(missing_ok=True)
+        self.dist.barrier()
+
+
+def _stop_reason(signalled: int | None, stopping: bool) -> str:
+    if signalled is not None:
+        return f"signal {signalled}"
+    return "signal on another rank" if stopping else "step limit of this call"
+
+
 def train(
     *,
     run_dir: Path,
     run_digest: str,
     model: nn.Module,
     dataset: Dataset,
-    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
+    loss_fn: TrainStep,
     evaluate_fn: Callable[[nn.Module], dict[str, Any]],
     spec: LoopSpec,
     device: torch.device | str = "cpu",
@@ -191,122 +296,61 @@ def train(
     ``train`` with the same arguments, rank 0 alone writes files.
     """
     dist = dist or Distributed()
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / CHECKPOINT_NAME
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=spec.lr, weight_decay=spec.weight_decay)
-    scheduler = _make_scheduler(optimizer, spec)
-    curves: list[dict[str, Any]] = []
-    start = 0
-
-    state = load_checkpoint(checkpoint_path)
-    if state is not None:
-        if state.get("run_digest") != run_digest:
-            log.warning("ignoring %s: it was written for another run configuration", checkpoint_path)
-        else:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            restore_rng_state(state["rng"])
-            if "gradients" in state:
-                restore_gradients(model, state["gradients"])
-            curves = state["curves"]
-            start = state["step"]
-            print(f"resuming {run_dir} from step {start}", file=sys.stderr)
-
-    def save(step: int) -> None:
-        atomic_torch_save(
-            {
-                "run_digest": run_digest,
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(),
-                "curves": curves,
-                # Without zero_grad the next step adds to these sums: resuming without them would not
-                # continue the same sequence of updates.
-                **({} if spec.zero_grad else {"gradients": capture_gradients(model)}),
-            },
-            checkpoint_path,
-        )
-
+    run = _Training(Path(run_dir), run_digest, model, spec, dist)
     # Every step's scalars (dvclive), for every task; rows a killed attempt wrote after `start` are cut.
-    step_log = StepLog(run_dir, start, enabled=dist.is_main)
-    sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, start, spec.steps, dist)
+    step_log = StepLog(run.run_dir, run.start, enabled=dist.is_main)
+    sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, run.start, spec.steps, dist)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate)
     # After the checkpoint is loaded: DDP broadcasts rank 0's weights when it wraps the model.
     net = dist.wrap(model, torch.device(device))
-    stop_after = spec.steps if max_steps_this_call is None else min(spec.steps, start + max_steps_this_call)
+    stop_after = (
+        spec.steps if max_steps_this_call is None else min(spec.steps, run.start + max_steps_this_call)
+    )
     started = time.perf_counter()
-    step = start
-    last_eval: dict[str, Any] | None = None
-    with (
-        StopRequested() as stop,
-        tqdm(
-            total=spec.steps,
-            initial=start,
-            desc=run_dir.name,
-            file=sys.stderr,
-            mininterval=2.0,
-            disable=not dist.is_main,
-        ) as progress,
-    ):
+    progress = tqdm(
+        total=spec.steps,
+        initial=run.start,
+        desc=run.run_dir.name,
+        file=sys.stderr,
+        mininterval=2.0,
+        disable=not dist.is_main,
+    )
+    with StopRequested() as stop, progress:
         for batch in loader:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-            model.train()
-            if spec.zero_grad:
-                optimizer.zero_grad(set_to_none=True)
-            loss, logs = loss_fn(net, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{run_dir}: loss is {loss.item()} at step {step}")
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_value = dist.mean(float(loss.item()))  # the global batch's loss
+            loss_value, logs = run.take_step(net, loss_fn, batch)
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            step_log.log(
-                step, {"loss": loss_value, "lr": scheduler.get_last_lr()[0], **logs}, prefix="train/"
-            )
-            if step % spec.eval_every == 0 or step == spec.steps:
-                row = {"step": step, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0]}
-                row.update({k: dist.mean(v) for k, v in logs.items()})
-                last_eval = dist.broadcast(evaluate_fn(model) if dist.is_main else None)
-                row.update({k: v for k, v in last_eval.items() if isinstance(v, int | float)})
-                curves.append(row)
-                step_log.log(step, last_eval, prefix="test/")
-                step_log.summary()
-                log.info("step %d: %s", step, row)
+            lr = run.scheduler.get_last_lr()[0]
+            step_log.log(run.step, {"loss": loss_value, "lr": lr, **logs}, prefix="train/")
+            if run.step % spec.eval_every == 0 or run.step == spec.steps:
+                run.last_eval = run.evaluate(evaluate_fn)
+                run.record(loss_value, logs, run.last_eval, step_log)
             # Every rank must stop after the same step, whichever rank the signal reached.
             stopping = dist.any(stop.signal is not None)
-            if step < spec.steps and (step % spec.checkpoint_every == 0 or stopping or step >= stop_after):
+            ending = stopping or run.step >= stop_after
+            if run.step < spec.steps and (run.step % spec.checkpoint_every == 0 or ending):
                 if dist.is_main:
-                    save(step)
+                    run.save()
                 dist.barrier()
-            if step < spec.steps and (stopping or step >= stop_after):
-                reason = f"signal {stop.signal}" if stop.signal is not None else "step limit of this call"
-                if stopping and stop.signal is None:
-                    reason = "signal on another rank"
+            if run.step < spec.steps and ending:
                 if dist.is_main:
-                    print(f"{run_dir}: stopped at step {step} ({reason}); checkpoint saved", file=sys.stderr)
+                    reason = _stop_reason(stop.signal, stopping)
+                    print(
+                        f"{run.run_dir}: stopped at step {run.step} ({reason}); checkpoint saved",
+                        file=sys.stderr,
+                    )
                 step_log.close()
                 return None
 
     # The last step is always evaluated for the curves; reuse it unless the run resumed at its very end.
-    if last_eval is None:
-        last_eval = dist.broadcast(evaluate_fn(model) if dist.is_main else None)
-    metrics = dict(last_eval)
+    metrics = dict(run.last_eval if run.last_eval is not None else run.evaluate(evaluate_fn))
     metrics["steps"] = spec.steps
-    log.info("%s: %d steps in %.1f s this call", run_dir, step - start, time.perf_counter() - started)
+    log.info(
+        "%s: %d steps in %.1f s this call", run.run_dir, run.step - run.start, time.perf_counter() - started
+    )
     if final_metrics is not None:
         metrics = final_metrics(metrics)
     step_log.close()
-    if dist.is_main:
-        atomic_torch_save({"model": model.state_dict(), "run_digest": run_digest}, run_dir / "model.pt")
-        atomic_write_text(run_dir / "curves.csv", _curves_csv(curves))
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        checkpoint_path.unlink(missing_ok=True)
-    dist.barrier()
+    run.finish(metrics)
     return metrics
