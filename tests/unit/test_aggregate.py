@@ -230,3 +230,15 @@ def test_pretrain_table_names_inits_by_the_snapshot(tmp_path: Path) -> None:
     write_snapshot(snapshot, run_dir / "run.yaml")
     with pytest.raises(ValueError, match="does not name its init"):
         collect_pretrain_runs([run_dir])
+
+
+def test_aggregated_curves_keep_each_steps_learning_rate(tmp_path: Path) -> None:
+    """The setting's base learning rate must not overwrite the schedule's per-step ``lr`` column."""
+    from geosem.aggregate import collect_runs
+
+    run = fake_finetune_run(tmp_path, "random", 0, 0.3, 0.5)
+    schedule = pd.DataFrame({"step": [5, 10], "lr": [2.5e-4, 1.25e-4], "test_miou": [0.1, 0.3]})
+    schedule.to_csv(run / "curves.csv", index=False)
+    runs, curves = collect_runs([run])
+    assert curves["lr"].tolist() == [2.5e-4, 1.25e-4]
+    assert curves["base_lr"].tolist() == [0.0005, 0.0005] and runs["lr"].tolist() == [0.0005]

@@ -85,7 +85,10 @@ def collect_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows.append(
             {**setting, **scores, "pretrain_resolution": pre, "train_samples": metrics["train_samples"]}
         )
-        curves.append(pd.read_csv(run_dir / "curves.csv").assign(**setting))
+        # The curves keep each step's scheduled ``lr``; the setting's learning rate joins as ``base_lr``.
+        curve_setting = {key: value for key, value in setting.items() if key != "lr"}
+        curve = pd.read_csv(run_dir / "curves.csv")
+        curves.append(curve.assign(**curve_setting, base_lr=setting["lr"]))
     if not rows:
         raise ValueError("no runs to aggregate")
     return pd.DataFrame(rows), pd.concat(curves, ignore_index=True)

@@ -300,7 +300,12 @@ def train(
     # Every step's scalars (dvclive), for every task; rows a killed attempt wrote after `start` are cut.
     step_log = StepLog(run.run_dir, run.start, enabled=dist.is_main)
     sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, run.start, spec.steps, dist)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate)
+    # Its own generator: a DataLoader draws its base seed whenever it starts iterating, and drawing it from
+    # torch's global generator would shift every later global draw (dropout masks) in a resumed run only.
+    generator = torch.Generator().manual_seed(spec.seed)
+    loader = DataLoader(
+        dataset, batch_sampler=sampler, num_workers=spec.num_workers, collate_fn=_collate, generator=generator
+    )
     # After the checkpoint is loaded: DDP broadcasts rank 0's weights when it wraps the model.
     net = dist.wrap(model, torch.device(device))
     stop_after = (
