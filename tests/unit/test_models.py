@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from geosem.models import build_dense_model
 
@@ -34,3 +35,32 @@ def test_input_normalisation_is_inside_the_model() -> None:
     model = build_dense_model("resnet18", 1).eval()
     assert torch.allclose(model.encoder.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
     assert "encoder.mean" not in model.state_dict()  # not persisted: a constant, not a weight
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("resnet18", (0.485, 0.456, 0.406)), ("vit_tiny_patch16_224", (0.5, 0.5, 0.5))],
+)
+def test_each_encoder_normalises_its_input_as_its_pretrained_weights_expect(
+    name: str, expected: tuple[float, ...]
+) -> None:
+    """timm's default ViT-T/S/B weights expect mean = std = 0.5, ResNets ImageNet's statistics."""
+    import timm
+    from geosem.models import create_encoder
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    encoder = create_encoder(name)
+    assert tuple(encoder.mean.flatten().tolist()) == pytest.approx(expected)
+    assert tuple(encoder.mean.flatten().tolist()) == pytest.approx(cfg.mean)
+    assert tuple(encoder.std.flatten().tolist()) == pytest.approx(cfg.std)
+
+
+def test_pose_and_deeplab_take_their_encoders_normalisation() -> None:
+    from geosem.models import build_deeplabv3, create_encoder
+    from geosem.models.pose import PoseNet
+
+    pose = PoseNet("resnet18")
+    assert pose.mean.shape == (1, 6, 1, 1)
+    assert pose.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406] * 2)
+    deeplab = build_deeplabv3(create_encoder("resnet18"), 19)
+    assert deeplab.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])

@@ -24,7 +24,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from geosem.models.encoders import IMAGENET_MEAN, IMAGENET_STD, Encoder
+from geosem.models.encoders import Encoder, normalisation_buffers
 
 DEEPLAB_OUTPUT_STRIDE = 16
 DEEPLAB_ATROUS_RATES = (6, 12, 18)
@@ -52,8 +52,7 @@ class DeepLabV3Model(nn.Module):
             decoder_atrous_rates=tuple(atrous_rates),
             classes=num_classes,
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        normalisation_buffers(self, encoder_name)
 
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """smp's encoder tensors (parameters and BatchNorm buffers) under the timm model's own keys."""

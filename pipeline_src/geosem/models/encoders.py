@@ -12,10 +12,29 @@ from torch import nn
 if TYPE_CHECKING:
     from geosem.models.vit import ViTEncoder
 
-# ImageNet statistics, applied inside the model so that a random and an ImageNet init see the same input
-# normalisation (the seed code of study A normalised twice for ImageNet inits: docs/protocols.md 1.5).
+# ImageNet statistics: the normalisation of encoders whose timm config names none.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def input_normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the pretrained weights of timm model ``name`` expect: ImageNet's for ResNets, 0.5 for
+    timm's default ViT-T/S/B weights. Applied inside the model, once, so a random and a pretrained init
+    of one encoder see the same input (the seed code of study A normalised twice for ImageNet inits:
+    docs/protocols.md 1.5)."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    mean = getattr(cfg, "mean", None) if cfg is not None else None
+    std = getattr(cfg, "std", None) if cfg is not None else None
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def normalisation_buffers(module: nn.Module, name: str, repeat: int = 1) -> None:
+    """Register ``mean`` and ``std`` (1, 3 x repeat, 1, 1) of encoder ``name`` on ``module``."""
+    mean, std = input_normalisation(name)
+    module.register_buffer("mean", torch.tensor(mean * repeat).view(1, 3 * repeat, 1, 1), persistent=False)
+    module.register_buffer("std", torch.tensor(std * repeat).view(1, 3 * repeat, 1, 1), persistent=False)
 
 
 class Encoder(nn.Module):
@@ -32,8 +51,7 @@ class Encoder(nn.Module):
         )
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.reductions: list[int] = list(self.body.feature_info.reduction())
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        normalisation_buffers(self, name)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.body((image - self.mean) / self.std)

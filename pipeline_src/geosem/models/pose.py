@@ -15,7 +15,7 @@ import torch
 from kornia.geometry.conversions import axis_angle_to_rotation_matrix
 from torch import nn
 
-from geosem.models.encoders import IMAGENET_MEAN, IMAGENET_STD, resolve_imagenet_weights
+from geosem.models.encoders import normalisation_buffers, resolve_imagenet_weights
 from geosem.models.vit import is_vit
 
 
@@ -49,8 +49,7 @@ class PoseNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(256, 6, 1),
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN * 2).view(1, 6, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD * 2).view(1, 6, 1, 1), persistent=False)
+        normalisation_buffers(self, encoder, repeat=2)  # the two frames, stacked
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """The 4x4 transform mapping points of ``first``'s camera into ``second``'s camera."""

@@ -26,7 +26,7 @@ import torch
 from timm.models import model_entrypoint
 from torch import nn
 
-from geosem.models.encoders import IMAGENET_MEAN, IMAGENET_STD, resolve_imagenet_weights
+from geosem.models.encoders import normalisation_buffers, resolve_imagenet_weights
 
 VIT_LEVELS = 4
 # The DPT reassemble stage maps tokens to strides 4, 8, 16, 32 with x4 / x2 transposed convolutions,
@@ -82,8 +82,7 @@ class ViTEncoder(nn.Module):
         embed = int(self.body.embed_dim)
         self.channels: list[int] = [2 * embed] * VIT_LEVELS
         self.reductions: list[int] = [self.patch] * VIT_LEVELS
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        normalisation_buffers(self, name)
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         height, width = image.shape[-2:]
