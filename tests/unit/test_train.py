@@ -167,3 +167,21 @@ def test_evaluating_more_often_changes_no_weight(tiny_shards: Path, tmp_path: Pa
     (often, often_metrics), (rarely, rarely_metrics) = models[1], models[4]
     assert all(torch.equal(often[k], rarely[k]) for k in often)
     assert often_metrics == rarely_metrics
+
+
+def test_the_step_schedule_drops_the_rate_once_as_monodepth2_does() -> None:
+    """monodepth2: 1e-4 for 14 of its 20 epochs, then 1e-5 (StepLR(15, 0.1) stepped at each epoch's start)."""
+    from geosem.train.loop import LoopSpec, _make_scheduler
+
+    spec = LoopSpec(
+        steps=20, batch_size=1, lr=1e-4, weight_decay=0.0, lr_schedule="step", eval_every=5,
+        checkpoint_every=5, seed=0, lr_step_at=0.7, lr_step_factor=0.1,
+    )  # fmt: skip
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=spec.lr)
+    scheduler = _make_scheduler(optimizer, spec)
+    rates = []
+    for _ in range(spec.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[:14] == [1e-4] * 14 and rates[14:] == pytest.approx([1e-5] * 6)

@@ -96,5 +96,8 @@ def test_the_full_scale_preset_expands_to_the_papers_grid(tmp_path: Path) -> Non
     assert counts["shards"] == 3
     run = next(iter(plan.finetune.values()))
     assert run["loop"]["steps"] == 20000 and run["loop"]["batch_size"] == 16 and run["loop"]["lr"] == 1e-5
+    # monodepth2's pre-training schedule: one drop to a tenth after 14 of 20 epochs.
+    pre = next(iter(plan.pretrain.values()))["loop"]
+    assert (pre["lr_schedule"], pre["lr_step_at"], pre["lr_step_factor"]) == ("step", 0.7, 0.1)
     assert run["data"]["shards"].startswith("shards/kitti/192x640-v2")
     assert {s["model"]["encoder"] for s in plan.finetune.values()} >= {"resnet18", "resnet50"}

@@ -60,8 +60,15 @@ class Unavailable(Exception):
 LOOP_KEYS = ("steps", "batch_size", "lr", "weight_decay", "lr_schedule", "eval_every", "checkpoint_every")
 
 
+# Only a step schedule reads these: other snapshots leave them out, so adding them changed no run.
+STEP_SCHEDULE_KEYS = ("lr_step_at", "lr_step_factor")
+
+
 def _loop(section: dict[str, Any]) -> dict[str, Any]:
-    return {key: section[key] for key in LOOP_KEYS}
+    loop = {key: section[key] for key in LOOP_KEYS}
+    if section["lr_schedule"] == "step":
+        loop.update({key: section[key] for key in STEP_SCHEDULE_KEYS})
+    return loop
 
 
 def _imagenet_weights(config: dict[str, Any], encoder: str, where: str) -> str:

@@ -56,11 +56,14 @@ class LoopSpec:
     batch_size: int
     lr: float
     weight_decay: float
-    lr_schedule: str  # "cosine" or "constant"
+    lr_schedule: str  # "cosine", "constant" or "step"
     eval_every: int
     checkpoint_every: int
     seed: int
     num_workers: int = 0
+    # lr_schedule "step": after lr_step_at x steps the rate is multiplied by lr_step_factor once.
+    lr_step_at: float = 0.7
+    lr_step_factor: float = 0.1
     # False reproduces study A's published code, which never calls ``optimizer.zero_grad()``: every step
     # adds its gradient to the sum of all earlier ones (docs/protocols.md 1.7). The accumulated ``.grad``
     # buffers are then training state and go into the checkpoint.
@@ -151,8 +154,15 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, spec: LoopSpec) -> torch.o
 
         def factor(step: int) -> float:
             return 1.0
+    elif spec.lr_schedule == "step":
+        # monodepth2 steps StepLR(15, 0.1) at the start of each epoch, so its rate falls after 14 of 20
+        # epochs (docs/protocols.md 2): the drop comes after round(lr_step_at x steps) optimiser steps.
+        drop = round(spec.lr_step_at * spec.steps)
+
+        def factor(step: int) -> float:
+            return 1.0 if step < drop else spec.lr_step_factor
     else:
-        raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}; expected 'cosine' or 'constant'")
+        raise ValueError(f"unknown lr_schedule {spec.lr_schedule!r}; expected 'cosine', 'constant' or 'step'")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
