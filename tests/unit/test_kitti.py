@@ -12,8 +12,8 @@ import pytest
 from geosem.labelspaces import IGNORE_INDEX, cityscapes_id_to_train_id
 from geosem.shards.reader import ShardSet
 from geosem.sources import convert
-from geosem.sources.kitti import (
-    _DriveReader,
+from geosem.sources.kitti import _DriveReader
+from geosem.sources.kitti.files import (
     find_drives,
     read_calib_file,
     read_date_calibration,

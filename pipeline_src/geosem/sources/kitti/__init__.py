@@ -1,0 +1,269 @@
+"""Converter ``kitti``: KITTI raw drives + calibration + velodyne + OXTS + annotated depth + semantics.
+
+Reads the layouts exactly as KITTI's archives extract (docs/datasets.md section 1), under one root:
+
+* ``raw_data/<date>/`` (or ``<date>/`` directly under the root): ``calib_cam_to_cam.txt`` (``P_rect_02``,
+  ``P_rect_03``, ``R_rect_00``, ``S_rect_02``), ``calib_velo_to_cam.txt`` (``R``, ``T``),
+  ``calib_imu_to_velo.txt`` (``R``, ``T``) and the drives ``<date>_drive_<NNNN>_sync/`` with
+  ``image_02|image_03/data/%010d.png``, ``velodyne_points/data/%010d.bin`` (float32 N x 4, scanner frame
+  x forward, y left, z up) and ``oxts/data/%010d.txt``.
+* annotated depth, uint16 PNG = metres x 256 (0 = invalid), at
+  ``<drive>/proj_depth/groundtruth/image_02/%010d.png`` (monodepth2's merged layout) or at
+  ``data_depth_annotated/{train,val}/<drive>/proj_depth/groundtruth/image_02/%010d.png``.
+* ``data_semantics/training/{image_2,semantic}/%06d_10.png`` (Cityscapes *label ids* 0..33) and the
+  devkit's ``devkit/mapping/train_mapping.txt`` (line i: ``<date> <drive> <frame>`` of labelled image i,
+  empty when the image has no raw drive).
+
+Splits: ``test`` is the labelled set (image and label from ``data_semantics``; right image, depth, lidar
+and pose from the raw frame the mapping names); ``train`` is every frame of every raw drive that the
+mapping does *not* name, so no scene of the labelled test set ever reaches pre-training or the few-shot
+pool. Sequence neighbours are ``prev_id``/``next_id`` within a drive.
+
+Fields: ``image``, ``right``, ``depth`` (annotated), ``depth_lidar`` (the frame's velodyne scan
+projected with ``P_rect_02 R_rect_00 [R|T]`` at the stored resolution, nearest return per pixel),
+``label`` (cityscapes19 train ids), and, from the GeoSem-only folders of the synthetic world,
+``flow`` (``flow_02``, KITTI flow PNG coding) and ``dynamic`` (``dynamic_02``). Poses are camera-2 to
+world, relative to the drive's first frame, from the OXTS packets (Mercator projection as in KITTI's
+devkit) and the calibration chain; intrinsics are ``P_rect_02`` scaled to the stored size; the
+baseline is ``(P_rect_02[0,3] - P_rect_03[0,3]) / fx``.
+
+Real KITTI versus the synthetic world: real raw drives have no labels (``semantic_02`` is GeoSem-only),
+so on real KITTI the train split carries no ``label`` and the few-shot pool must come from the labelled
+set; real annotated depth skips the first and last 5 frames of a drive, and some labelled images have no
+raw drive. A shard set keeps one set of fields for all samples (``ShardWriter``), so such frames stop the
+conversion with an error naming them; on the synthetic world every frame has every field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from geosem.geometry.camera import project_to_depth_map, scale_intrinsics
+from geosem.labelspaces import cityscapes_id_to_train_id
+from geosem.shards.writer import ShardWriter
+from geosem.sources import register_converter
+from geosem.sources.common import (
+    LABEL_INTERPOLATIONS,
+    check_label_values,
+    read_image,
+    read_rgb,
+    resize_flow,
+    resize_image,
+    resize_label_ids,
+    resize_nearest,
+    source_version,
+)
+from geosem.sources.kitti.files import (
+    DateCalibration,
+    Drive,
+    depth_path,
+    find_drives,
+    oxts_world_from_imu,
+    read_date_calibration,
+    read_depth_png,
+    read_flow_png,
+    read_mapping,
+    read_oxts,
+    read_velodyne,
+)
+
+CONVERTER_VERSION = "2"
+LABEL_SPACE = "cityscapes19"
+_ID_TO_TRAIN = cityscapes_id_to_train_id()
+
+
+class _DriveReader:
+    """Per-drive state: calibration, poses, and the fields of one frame at the stored size."""
+
+    def __init__(
+        self,
+        root: Path,
+        drive: Drive,
+        calib: DateCalibration,
+        height: int,
+        width: int,
+        label_interpolation: str = "nearest",
+    ) -> None:
+        self.root, self.drive, self.calib = root, drive, calib
+        self.height, self.width = height, width
+        self.label_interpolation = label_interpolation
+        self.frames = drive.frames()
+        packets = [read_oxts(drive.path / "oxts" / "data" / f"{f:010d}.txt") for f in self.frames]
+        world_from_cam = oxts_world_from_imu(packets) @ np.linalg.inv(calib.cam2_from_imu)
+        self.poses = {
+            f: np.linalg.inv(world_from_cam[0]) @ world_from_cam[k] for k, f in enumerate(self.frames)
+        }
+        self.intrinsics = scale_intrinsics(calib.intrinsics, calib.size, (height, width))
+
+    def fields(self, frame: int, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        d, h, w, name = self.drive.path, self.height, self.width, f"{frame:010d}.png"
+        left = read_rgb(d / "image_02" / "data" / name) if image is None else image
+        if left.shape[:2] != self.calib.size:
+            raise ValueError(
+                f"{d / 'image_02' / 'data' / name} is {left.shape[1]}x{left.shape[0]}, but S_rect_02 of "
+                f"{self.drive.date} says {self.calib.size[1]}x{self.calib.size[0]}"
+            )
+        out = {"image": resize_image(left, h, w)}
+        right = d / "image_03" / "data" / name
+        if right.is_file():
+            out["right"] = resize_image(read_rgb(right), h, w)
+        depth = depth_path(self.root, self.drive, frame)
+        if depth is not None:
+            out["depth"] = resize_nearest(read_depth_png(depth), h, w)
+        scan = d / "velodyne_points" / "data" / f"{frame:010d}.bin"
+        if scan.is_file():
+            xyz = read_velodyne(scan)[:, :3].astype(np.float64)
+            cam = xyz @ self.calib.cam2_from_velo[:3, :3].T + self.calib.cam2_from_velo[:3, 3]
+            out["depth_lidar"] = project_to_depth_map(cam, self.intrinsics, h, w)
+        semantic = d / "semantic_02" / "data" / name
+        if semantic.is_file():
+            out["label"] = self.label(semantic)
+        flow = d / "flow_02" / "data" / name
+        if flow.is_file():
+            out["flow"] = resize_flow(read_flow_png(flow), h, w)
+        dynamic = d / "dynamic_02" / "data" / name
+        if dynamic.is_file():
+            out["dynamic"] = resize_nearest(read_image(dynamic), h, w)
+        return out
+
+    def label(self, path: Path) -> np.ndarray:
+        ids = read_image(path)
+        if ids.ndim != 2:
+            raise ValueError(f"{path} has shape {ids.shape}: Cityscapes label ids are one channel")
+        check_label_values(ids, 33, path)
+        return resize_label_ids(ids, _ID_TO_TRAIN, self.height, self.width, self.label_interpolation)
+
+
+def _camera_meta(r: _DriveReader, frame: int) -> dict[str, Any]:
+    """Index columns of one frame of a drive: intrinsics at the stored size, baseline, pose."""
+    fx, fy, cx, cy = r.intrinsics
+    return {"fx": fx, "fy": fy, "cx": cx, "cy": cy, "baseline": r.calib.baseline, "pose": r.poses[frame]}
+
+
+class _Layout:
+    """A checked KITTI tree: its drives, the labelled set and the mapping of labelled images to drives."""
+
+    def __init__(self, root: Path, height: int, width: int, label_interpolation: str) -> None:
+        if label_interpolation not in LABEL_INTERPOLATIONS:
+            raise ValueError(
+                f"unknown label_interpolation {label_interpolation!r}; known: {LABEL_INTERPOLATIONS}"
+            )
+        self.root, self.height, self.width = root, height, width
+        self.label_interpolation = label_interpolation
+        self.drives = find_drives(root)
+        self.semantics = root / "data_semantics" / "training"
+        if not self.semantics.is_dir():
+            raise FileNotFoundError(f"{self.semantics} is missing: the labelled test split comes from it")
+        self.mapping = read_mapping(root)
+        self.heldout = {entry[1] for entry in self.mapping if entry is not None}
+        unknown = self.heldout - set(self.drives)
+        if unknown:
+            raise FileNotFoundError(
+                f"{root}: the mapping names drives that are not on disk: {sorted(unknown)[:5]}"
+            )
+        self._calibrations: dict[str, DateCalibration] = {}
+        self._readers: dict[str, _DriveReader] = {}
+
+    def reader(self, name: str) -> _DriveReader:
+        """The reader of drive ``name`` (one per drive, one calibration read per recording date)."""
+        if name not in self._readers:
+            drive = self.drives[name]
+            if drive.date not in self._calibrations:
+                self._calibrations[drive.date] = read_date_calibration(drive.path.parent)
+            calibration = self._calibrations[drive.date]
+            self._readers[name] = _DriveReader(
+                self.root, drive, calibration, self.height, self.width, self.label_interpolation
+            )
+        return self._readers[name]
+
+    def write_train_drive(self, writer: ShardWriter, name: str) -> None:
+        """Every frame of one training drive, linked to its neighbours."""
+        r = self.reader(name)
+        ids = [f"{name}-{f:010d}" for f in r.frames]
+        for k, frame in enumerate(r.frames):
+            meta = {
+                "id": ids[k],
+                "split": "train",
+                "sequence": name,
+                "frame": frame,
+                "prev_id": ids[k - 1] if k > 0 else None,
+                "next_id": ids[k + 1] if k + 1 < len(ids) else None,
+                **_camera_meta(r, frame),
+            }
+            writer.add(r.fields(frame), meta)
+        # A training drive's reader is not needed again: only held-out drives feed the labelled set.
+        self._readers.pop(name, None)
+
+    def write_labelled_set(self, writer: ShardWriter) -> None:
+        """The labelled images (the test split), with their raw frame's fields where the mapping has one."""
+        for name in sorted(p.name for p in (self.semantics / "image_2").glob("*_10.png")):
+            index = int(name.split("_")[0])
+            image_path, label_path = self.semantics / "image_2" / name, self.semantics / "semantic" / name
+            entry = self.mapping[index] if index < len(self.mapping) else None
+            image = read_rgb(image_path)
+            meta: dict = {"id": f"semantics-{index:06d}_10", "split": "test", "sequence": "data_semantics"}
+            arrays = {"image": resize_image(image, self.height, self.width)}
+            if entry is not None:
+                _, drive_name, frame = entry
+                r = self.reader(drive_name)
+                arrays = r.fields(frame, image=image)
+                meta.update(sequence=drive_name, frame=frame, **_camera_meta(r, frame))
+            ids = read_image(label_path)
+            check_label_values(ids, 33, label_path)
+            arrays["label"] = resize_label_ids(
+                ids, _ID_TO_TRAIN, self.height, self.width, self.label_interpolation
+            )
+            writer.add(arrays, meta)
+
+
+# The raw drives sit under raw_data/ (GeoSem's and monodepth2's layout) or directly in the root (KITTI's
+# archives extracted in place), so only the labelled set and its mapping are named here.
+@register_converter(
+    "kitti",
+    version=CONVERTER_VERSION,
+    label_space=LABEL_SPACE,
+    reads=("data_semantics", "devkit/mapping/train_mapping.txt"),
+)
+def convert_kitti(
+    raw_dir: Path,
+    out_dir: Path,
+    *,
+    height: int,
+    width: int,
+    dataset: str = "kitti",
+    samples_per_part: int = 256,
+    progress: bool = True,
+    label_interpolation: str = "nearest",
+) -> Path:
+    """Convert a KITTI tree (real or the synthetic world's) into the shard set ``out_dir``.
+
+    ``label_interpolation``: ``nearest`` (default) or ``bicubic``, the seed code's label resizing that
+    only the legacy protocol of study A uses (``geosem.sources.common.resize_label_ids``). It applies to
+    every label of the set and is recorded in the manifest's parameters.
+    """
+    root = Path(raw_dir)
+    layout = _Layout(root, height, width, label_interpolation)
+    parameters = {"height": height, "width": width, "label_interpolation": label_interpolation}
+    with ShardWriter(
+        out_dir,
+        dataset=dataset,
+        variant=Path(out_dir).name,
+        source_version=source_version(root, "kitti-raw"),
+        converter_version=CONVERTER_VERSION,
+        label_space=LABEL_SPACE,
+        parameters=parameters,
+        samples_per_part=samples_per_part,
+    ) as writer:
+        train_drives = [name for name in layout.drives if name not in layout.heldout]
+        bar = tqdm(total=len(train_drives) + 1, desc=f"convert {dataset}", disable=not progress)
+        for name in train_drives:
+            layout.write_train_drive(writer, name)
+            bar.update(1)
+        layout.write_labelled_set(writer)
+        bar.update(1)
+        bar.close()
+    return Path(out_dir)
