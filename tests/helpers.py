@@ -285,6 +285,7 @@ def fake_finetune_run(
     pre: str = "",
     encoder: str = "resnet18",
     mode: str = "all",
+    pretrain_seed: int = 0,
 ) -> Path:
     """A finished fine-tune without training, for aggregation: its snapshot (resolutions in data and,
     for a pre-trained init of variant ``pre``, in init), metrics.json and a two-point curves.csv."""
@@ -294,9 +295,11 @@ def fake_finetune_run(
     run_dir = root / f"seg-{init}-{mode}-{encoder}-{variant}-{pre}-s{seed}"
     fine = ShardVariant.parse(variant)
     init_section: dict[str, Any] = {"name": init}
-    if pre:
-        pre_variant = ShardVariant.parse(pre)
-        init_section |= {"run_id": f"{init}-{encoder}-{pre}-s0", "variant": pre}
+    if pre or init not in ("random", "imagenet"):
+        # A pre-trained init (one pre-training shared by the seeds), at ``pre`` or the fine-tune's variant.
+        pre_variant = ShardVariant.parse(pre or variant)
+        run_id = f"{init}-{encoder}-{pre or variant}-s{pretrain_seed}"
+        init_section |= {"run_id": run_id, "variant": pre or variant}
         init_section |= {"height": pre_variant.height, "width": pre_variant.width}
     snapshot = {
         "run_id": run_dir.name,

@@ -73,9 +73,10 @@ def test_markdown_has_a_two_level_header_and_the_tests_beneath(tmp_path: Path) -
     assert scores[4][0] == "depth_supervised" and scores[4][1].startswith("54.0 ± ")
     assert scores[4][1].endswith("(+24.0)")
     # The tests: same rows, one column per setting, seed counts of both sides.
-    assert tests[0] == ["Pre-training", "r18-all-n16", "seeds"]
-    assert tests[2] == ["random", "baseline (3)", "0 1 2"]
-    assert tests[3][0] == "depth_supervised" and tests[3][1].endswith(" (3 vs 3)")
+    assert tests[0] == ["Pre-training", "r18-all-n16", "seeds", "pre-trainings"]
+    assert tests[2] == ["random", "baseline (3)", "0 1 2", "–"]  # no pre-training
+    assert tests[3][0] == "depth_supervised" and " (3 vs 3); paired " in tests[3][1]
+    assert tests[3][1].endswith(" (3)") and tests[3][3] == "1"  # 3 matched seeds, one shared pre-training
     assert markdown.index("Welch") > markdown.index("| random ")  # explained beneath the scores
     assert "ddof=1" in markdown and "r18 = resnet18" in markdown
     # Columns are padded to one width, so the table also reads as plain text.
@@ -89,7 +90,7 @@ def test_metrics_are_one_small_file_per_setting_and_init(tmp_path: Path) -> None
     assert set(metrics) == {"r18-all-n16/random.json", "r18-all-n16/depth_supervised.json"}
     assert metrics["r18-all-n16/random.json"] == {"miou": 30.0, "miou_se": 5.77, "pacc": 65.0, "n": 3}
     depth = metrics["r18-all-n16/depth_supervised.json"]
-    assert set(depth) == {"miou", "miou_se", "pacc", "p_welch", "n"}
+    assert set(depth) == {"miou", "miou_se", "pacc", "p_welch", "p_paired", "n"}
     assert depth["miou"] == 54.0 and 0 < depth["p_welch"] < 1
     # A rerun without a setting leaves no stale file, and the old one-file layout is removed.
     (tmp_path / "results" / "metrics" / "unit.json").write_text("{}")
@@ -150,7 +151,7 @@ def test_paper_labels_resolution_rows_and_unavailable_rows(tmp_path: Path) -> No
     assert rows["None"] == ["20.5 ± 0.5", "50.0 ± 0.0"]
     assert rows["Depth-Rand (pre-trained at 64x192)"][0] == "30.5 ± 0.5 (+10.0)"
     assert rows["imagenet"] == ["unavailable", "unavailable"]
-    assert tests[-1] == ["imagenet", "unavailable", "–"]
+    assert tests[-1] == ["imagenet", "unavailable", "–", "–"]
     assert "- imagenet (resnet18): ImageNet weights of resnet18 missing" in (out / "t.md").read_text()
     assert set(_metrics(out / "metrics" / "fig5")) == {
         "r18-all-n16/random.json",
@@ -242,3 +243,20 @@ def test_aggregated_curves_keep_each_steps_learning_rate(tmp_path: Path) -> None
     runs, curves = collect_runs([run])
     assert curves["lr"].tolist() == [2.5e-4, 1.25e-4]
     assert curves["base_lr"].tolist() == [0.0005, 0.0005] and runs["lr"].tolist() == [0.0005]
+
+
+def test_a_row_says_how_many_pretrainings_its_seeds_come_from(tmp_path: Path) -> None:
+    """pretrain_seeds: paired gives each fine-tuning seed its own pre-training: 3 runs behind the row."""
+    runs = [fake_finetune_run(tmp_path / "runs", "random", seed, 0.2 + 0.05 * seed, 0.5) for seed in range(3)]
+    runs += [
+        fake_finetune_run(
+            tmp_path / "runs", "depth_supervised", seed, 0.3 + 0.07 * seed, 0.5, pretrain_seed=seed
+        )
+        for seed in range(3)
+    ]
+    table = _aggregate("paired", runs, tmp_path / "out").set_index("init")
+    assert (
+        table.loc["depth_supervised", "n_pretrain_runs"] == 3 and table.loc["random", "n_pretrain_runs"] == 0
+    )
+    _, tests = markdown_tables((tmp_path / "out" / "t.md").read_text())
+    assert [row[-1] for row in tests[2:]] == ["–", "3"]

@@ -278,25 +278,39 @@ def test_a_bicubic_conversion_says_so_in_its_manifest(tiny_raw: Path, tmp_path: 
 # Welch t-test column
 
 
+def _t_two_sided_p(t: float, df: float) -> float:
+    """The t distribution's two-sided tail beyond |t|, integrated with Simpson's rule from its density
+    (no scipy)."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def density(x: float) -> float:
+        return math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
+
+    steps, top = 20_000, abs(t)
+    width = top / steps
+    inner = density(0) + density(top) + sum((4 if k % 2 else 2) * density(k * width) for k in range(1, steps))
+    return 2 * (0.5 - inner * width / 3)
+
+
 def _welch_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Welch's t and its two-sided p with Welch-Satterthwaite degrees of freedom; the t distribution's
-    tail integrated with Simpson's rule from its density (no scipy)."""
+    """Welch's t and its two-sided p with Welch-Satterthwaite degrees of freedom."""
     na, nb = len(a), len(b)
     ma, mb = sum(a) / na, sum(b) / nb
     va = sum((x - ma) ** 2 for x in a) / (na - 1)
     vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
     t = (ma - mb) / math.sqrt(va / na + vb / nb)
     df = (va / na + vb / nb) ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
-    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    return t, _t_two_sided_p(t, df)
 
-    def density(x: float) -> float:
-        return math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
 
-    steps = 20000  # P(|T| < |t|) = 2 * integral over [0, |t|]
-    h = abs(t) / steps
-    simpson = density(0) + density(abs(t))
-    simpson += sum((4 if k % 2 else 2) * density(k * h) for k in range(1, steps))
-    return t, 1.0 - 2.0 * simpson * h / 3
+def _paired_by_hand(a: list[float], b: list[float]) -> tuple[float, float]:
+    """The paired t-test over the first min(len) values of both (matched seeds 0, 1, ...)."""
+    differences = [x - y for x, y in zip(a, b, strict=False)]
+    n = len(differences)
+    mean = sum(differences) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+    t = mean / (sd / math.sqrt(n))
+    return t, _t_two_sided_p(t, n - 1)
 
 
 def test_welch_p_matches_a_hand_computation(tmp_path: Path) -> None:
@@ -334,12 +348,18 @@ def test_welch_p_matches_a_hand_computation(tmp_path: Path) -> None:
     assert {"miou_welch_t", "miou_welch_p", "n_seeds", "baseline_n_seeds"} <= set(csv.columns)
     # The tests table beneath the scores: the p of each row against random, with both seed counts.
     scores, tests = markdown_tables((out / "t.md").read_text())
-    assert tests[0] == ["Pre-training", "r18-all-n16", "seeds"]
+    assert tests[0] == ["Pre-training", "r18-all-n16", "seeds", "pre-trainings"]
+    # The paired test matches seed s with the baseline's seed s: 3 pairs (inpainting's seed 3 has none).
+    paired_t, paired_p = _paired_by_hand(values["depth_supervised"], values["random"])
+    assert table.loc["depth_supervised", "miou_paired_t"] == pytest.approx(paired_t, rel=1e-9)
+    assert table.loc["depth_supervised", "miou_paired_p"] == pytest.approx(paired_p, abs=1e-7)
+    _, paired_p4 = _paired_by_hand(values["inpainting"], values["random"])
+    assert table.loc["inpainting", "n_pairs"] == 3 and table.loc["flow", "n_pairs"] == 1
     assert {row[0]: row[1] for row in tests[2:]} == {
         "random": "baseline (3)",
-        "depth_supervised": f"{p:.3f} (3 vs 3)",
-        "flow": "n/a (1 vs 3)",
-        "inpainting": f"{p4:.3f} (4 vs 3)",
+        "depth_supervised": f"{p:.3f} (3 vs 3); paired {paired_p:.3f} (3)",
+        "flow": "n/a (1 vs 3); paired n/a (1)",
+        "inpainting": f"{p4:.3f} (4 vs 3); paired {paired_p4:.3f} (3)",
     }
     assert ["random", "30.0 ± 5.8", "50.0 ± 0.0"] in scores
     metrics = out / "metrics" / "unit" / "r18-all-n16"

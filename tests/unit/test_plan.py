@@ -194,3 +194,23 @@ def test_every_study_file_plans_offline() -> None:
                 "dino",
                 "moco_v2",
             )
+
+
+def test_paired_pretrain_seeds_give_each_finetune_seed_its_own_pretraining(tmp_path: Path) -> None:
+    shared = plan_runs(_study(tmp_path, inits=["random", "depth_supervised"], seeds=[0, 1, 2]))
+    assert len(shared.pretrain) == 1  # the default: one pre-training serves every fine-tuning seed
+    paired = plan_runs(
+        _study(tmp_path, inits=["random", "depth_supervised"], seeds=[0, 1, 2], pretrain_seeds="paired")
+    )
+    assert sorted(paired.pretrain) == [
+        f"depth_supervised-resnet18-synth_driving-64x192-v2-s{s}" for s in range(3)
+    ]
+    assert all(run["seed"] == int(run_id[-1]) for run_id, run in paired.pretrain.items())
+    for seed in range(3):
+        run = paired.finetune[
+            f"seg-depth_supervised-all-resnet18-synth_driving-64x192-v2-n16-ps{seed}-s{seed}"
+        ]
+        assert run["init"]["run_id"] == f"depth_supervised-resnet18-synth_driving-64x192-v2-s{seed}"
+        assert run["init"]["checkpoint"].endswith(f"-s{seed}/model.pt")
+    # random has no pre-training: its fine-tunes are the same runs in both modes.
+    assert {i for i in paired.finetune if "random" in i} == {i for i in shared.finetune if "random" in i}

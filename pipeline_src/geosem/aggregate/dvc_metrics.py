@@ -7,6 +7,8 @@ short keys and the table stays narrow however many settings a study has:
 - ``pacc``: test pixel accuracy, mean over seeds, in %, 2 decimals;
 - ``p_welch``: two-sided Welch p of the mIoU against the ``random`` row of the same setting, 3 significant
   digits (left out for the baseline row itself and wherever it is undefined);
+- ``p_paired``: two-sided p of the paired t-test over matched fine-tuning seeds, 3 significant digits
+  (left out where undefined, and for tables aggregated before it existed);
 - ``n``: the number of seeds.
 
 A statistic that is undefined (one seed's SE, the baseline's own test) is left out rather than written as
@@ -42,6 +44,7 @@ def metrics_entry(row: pd.Series) -> dict[str, Any]:
         "miou_se": _percent(float(row["miou_se"])),
         "pacc": _percent(float(row["pixel_accuracy_mean"])),
         "p_welch": _significant(float(row["miou_welch_p"])),
+        "p_paired": _significant(float(row.get("miou_paired_p", float("nan")))),
         "n": int(row["n_seeds"]),
     }
     return {key: value for key, value in entry.items() if value is not None}

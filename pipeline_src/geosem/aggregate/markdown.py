@@ -35,13 +35,27 @@ def _score_cell(mean: float, se: float, delta: float, is_baseline: bool) -> str:
     return text
 
 
-def _p_cell(p: float, n: int, baseline_n: int, is_baseline: bool) -> str:
+def _p_text(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _p_cell(row: pd.Series, is_baseline: bool) -> str:
+    """Welch p (seeds of both sides), then the paired p (matched seeds) where the table has one."""
     if is_baseline:
-        return f"baseline ({n})"
-    seeds = f"({n} vs {baseline_n})"
-    if math.isnan(p):
-        return f"n/a {seeds}"
-    return (f"{p:.3f}" if p >= 0.001 else f"{p:.1e}") + f" {seeds}"
+        return f"baseline ({row['n_seeds']})"
+    text = f"{_p_text(row['miou_welch_p'])} ({row['n_seeds']} vs {row['baseline_n_seeds']})"
+    pairs = row.get("n_pairs")
+    if pairs is not None and not pd.isna(pairs):
+        text += f"; paired {_p_text(float(row['miou_paired_p']))} ({int(pairs)})"
+    return text
+
+
+def _pretrain_runs(rows: list[pd.Series]) -> str:
+    """How many pre-training runs a row's numbers come from ("–": no pre-training, "?": not recorded)."""
+    counts = {row.get("n_pretrain_runs") for row in rows}
+    if any(count is None or pd.isna(count) for count in counts):
+        return "?"
+    return "–" if counts == {0} else "/".join(str(int(count)) for count in sorted(counts))
 
 
 def aligned(rows: list[list[str]]) -> list[str]:
@@ -106,19 +120,18 @@ def _score_rows(measured: pd.DataFrame, settings: list[dict[str, Any]], names: l
 
 
 def _test_rows(measured: pd.DataFrame, settings: list[dict[str, Any]], names: list[str]) -> list[list[str]]:
-    rows = [["Pre-training", *names, "seeds"]]
+    rows = [["Pre-training", *names, "seeds", "pre-trainings"]]
     for init, label in _inits(measured):
-        cells, seeds = [label], set()
+        cells, seeds, matched = [label], set(), []
         for setting in settings:
             row = _match(measured, init, setting)
             if row is None:
                 cells.append("n/a")
                 continue
-            cells.append(
-                _p_cell(row["miou_welch_p"], row["n_seeds"], row["baseline_n_seeds"], init == BASELINE_INIT)
-            )
+            cells.append(_p_cell(row, init == BASELINE_INIT))
             seeds |= {int(seed) for seed in str(row["seeds"]).split()}
-        rows.append([*cells, " ".join(str(seed) for seed in sorted(seeds))])
+            matched.append(row)
+        rows.append([*cells, " ".join(str(seed) for seed in sorted(seeds)), _pretrain_runs(matched)])
     return rows
 
 
@@ -154,7 +167,7 @@ def markdown_table(measured: pd.DataFrame, study: str, unavailable: pd.DataFrame
     names = [setting_name(setting, varying) for setting in settings]
     baseline = next((label for init, label in _inits(measured) if init == BASELINE_INIT), BASELINE_INIT)
     scores = _score_rows(measured, settings, names) + _unavailable_rows(unavailable, settings, 2, [])
-    tests = _test_rows(measured, settings, names) + _unavailable_rows(unavailable, settings, 1, ["–"])
+    tests = _test_rows(measured, settings, names) + _unavailable_rows(unavailable, settings, 1, ["–", "–"])
     lines = [
         f"# Study `{study}`: test mIoU and pixel accuracy (%)",
         "",
@@ -168,7 +181,10 @@ def markdown_table(measured: pd.DataFrame, study: str, unavailable: pd.DataFrame
         *_wrapped(
             f"Two-sided Welch t-test of the mIoU over seeds against the `{baseline}` row of the same "
             "setting: p, in brackets the seeds of the row vs the baseline's (n/a with fewer than 2 on either "
-            "side)."
+            "side); then the paired t-test over matched fine-tuning seeds (seed s against the baseline's "
+            "seed s: the same few-shot subset and data order), in brackets the pairs. pre-trainings: the "
+            "pre-training runs behind the row (1: one shared by every seed, so the spread is fine-tuning "
+            "noise only)."
         ),
         "",
         *aligned(tests),

@@ -8,6 +8,11 @@ Significance: per setting, a two-sided Welch t-test (unequal variances,
 ``scipy.stats.ttest_ind(equal_var=False)``) of each init's mIoU over seeds against the ``random`` row's
 (csv ``miou_welch_t`` / ``miou_welch_p``, with ``n_seeds`` and ``baseline_n_seeds``). With fewer than 2
 seeds on either side there is no variance estimate, so t and p are NaN ("n/a" in the markdown).
+Beside it a paired t-test (``scipy.stats.ttest_rel``) over matched seeds: the row's fine-tuning seed s
+against the baseline's seed s, which share the few-shot subset and the data order (csv ``miou_paired_t``
+/ ``miou_paired_p`` over ``n_pairs``). ``n_pretrain_runs`` counts the pre-training runs behind a row: 1
+when one pre-training serves every seed (the spread then covers fine-tuning only), one per seed with a
+study's ``pretrain_seeds: paired``, 0 for inits without a pre-training.
 
 Two steps: ``aggregate_study`` reads finished runs and writes the summary csv, the one machine-readable
 table (every number, the row names in ``label``, the rows that could not run with their reason in
@@ -83,7 +88,13 @@ def collect_runs(run_dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         }
         scores = {key: metrics[source] for key, source in SCORES.items()}
         rows.append(
-            {**setting, **scores, "pretrain_resolution": pre, "train_samples": metrics["train_samples"]}
+            {
+                **setting,
+                **scores,
+                "pretrain_resolution": pre,
+                "train_samples": metrics["train_samples"],
+                "pretrain_run": run["init"].get("run_id", ""),
+            }
         )
         # The curves keep each step's scheduled ``lr``; the setting's learning rate joins as ``base_lr``.
         curve_setting = {key: value for key, value in setting.items() if key != "lr"}
@@ -110,14 +121,24 @@ def welch_test(values: pd.Series | np.ndarray, baseline: pd.Series | np.ndarray)
     return float(result.statistic), float(result.pvalue)
 
 
+def paired_test(frame: pd.DataFrame, baseline: pd.DataFrame) -> tuple[float, float, int]:
+    """(t, two-sided p, pairs) of the paired t-test of ``frame``'s mIoU against ``baseline``'s over the
+    seeds both have; NaN below 2 pairs or when every difference is the same (no variance)."""
+    pairs = frame[["seed", "miou"]].merge(baseline[["seed", "miou"]], on="seed", suffixes=("", "_baseline"))
+    differences = (pairs["miou"] - pairs["miou_baseline"]).to_numpy(dtype=float)
+    # Equal differences (also up to rounding) leave no variance: scipy would warn and give nonsense.
+    if len(pairs) < 2 or np.allclose(differences, differences[0], rtol=1e-9, atol=1e-12):
+        return float("nan"), float("nan"), len(pairs)
+    result = stats.ttest_rel(pairs["miou"], pairs["miou_baseline"])
+    return float(result.statistic), float(result.pvalue), len(pairs)
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (init, setting): mean, SE and seeds of every score, plus deltas and the Welch test of
     the mIoU against the baseline row of the same setting."""
     keys = ["init", *SETTING_KEYS]
     baseline_runs = runs[runs["init"] == BASELINE_INIT]
-    baseline_mious = {
-        setting: frame["miou"] for setting, frame in baseline_runs.groupby(SETTING_KEYS, sort=False)
-    }
+    baseline_frames = {setting: frame for setting, frame in baseline_runs.groupby(SETTING_KEYS, sort=False)}
     records = []
     for group, frame in runs.groupby(keys, sort=False):
         record = dict(zip(keys, group, strict=True))
@@ -128,12 +149,19 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         for score in SCORES:
             record[f"{score}_mean"] = float(frame[score].mean())
             record[f"{score}_se"] = _standard_error(frame[score])
-        baseline = baseline_mious.get(tuple(record[k] for k in SETTING_KEYS), pd.Series(dtype=float))
+        record["n_pretrain_runs"] = int(frame["pretrain_run"][frame["pretrain_run"] != ""].nunique())
+        baseline = baseline_frames.get(tuple(record[k] for k in SETTING_KEYS), runs.iloc[0:0])
         record["baseline_n_seeds"] = len(baseline)
         if record["init"] == BASELINE_INIT:
             record["miou_welch_t"], record["miou_welch_p"] = float("nan"), float("nan")
+            record["miou_paired_t"], record["miou_paired_p"], record["n_pairs"] = (
+                float("nan"),
+                float("nan"),
+                0,
+            )
         else:
-            record["miou_welch_t"], record["miou_welch_p"] = welch_test(frame["miou"], baseline)
+            record["miou_welch_t"], record["miou_welch_p"] = welch_test(frame["miou"], baseline["miou"])
+            record["miou_paired_t"], record["miou_paired_p"], record["n_pairs"] = paired_test(frame, baseline)
         records.append(record)
     table = pd.DataFrame(records)
     baseline_rows = table[table["init"] == BASELINE_INIT].set_index(SETTING_KEYS)

@@ -150,9 +150,10 @@ class _Planner:
         runs[run_id] = snapshot
 
     def pretrain_run(
-        self, init: str, encoder: str, model: dict[str, Any], resolution: tuple[int, int]
+        self, init: str, encoder: str, model: dict[str, Any], resolution: tuple[int, int], seed: int
     ) -> InitSection:
-        """Plan the pre-training of ``init`` (once) and return the init section of its fine-tunes."""
+        """Plan the pre-training of ``init`` with ``seed`` (once) and return the init section of its
+        fine-tunes."""
         tasks = self.config["pretrain"]["tasks"]
         if init not in tasks:
             raise KeyError(
@@ -160,7 +161,6 @@ class _Planner:
                 f"pretrain.external {sorted(self.config['pretrain'].get('external', {}))}, nor a task under "
                 f"pretrain.tasks {sorted(tasks)}"
             )
-        seed = self.config["pretrain"]["seed"]
         shards = self.shard_set(self.dataset, *resolution)
         variant = Path(shards).name
         pre_id = f"{init}-{encoder}-{self.dataset}-{variant}-s{seed}"
@@ -205,12 +205,25 @@ class _Planner:
             )
         return {"name": init, "weights_file": str(path)}
 
-    def init_section(self, init: str, encoder: str, model: dict[str, Any], pre_res: tuple[int, int]):
+    def init_section(
+        self, init: str, encoder: str, model: dict[str, Any], pre_res: tuple[int, int], seed: int
+    ) -> InitSection:
+        """Where a fine-tune of ``init`` starts; ``seed`` is the seed of its pre-training, if it has one."""
         if init == "random":
             return {"name": init}
         if init == "imagenet" or init in self.config["pretrain"].get("external", {}):
             return self.weights_init(init, encoder)
-        return self.pretrain_run(init, encoder, model, pre_res)
+        return self.pretrain_run(init, encoder, model, pre_res, seed)
+
+    def init_sections(
+        self, study: dict[str, Any], init: str, encoder: str, model: dict[str, Any], pre_res: tuple[int, int]
+    ) -> dict[int, InitSection]:
+        """Fine-tuning seed -> its init section: one shared pre-training (seed ``pretrain.seed``), or with
+        ``pretrain_seeds: paired`` one pre-training per fine-tuning seed, with that seed."""
+        if study.get("pretrain_seeds", "shared") == "shared":
+            shared = self.init_section(init, encoder, model, pre_res, self.config["pretrain"]["seed"])
+            return dict.fromkeys(study["seeds"], shared)
+        return {seed: self.init_section(init, encoder, model, pre_res, seed) for seed in study["seeds"]}
 
     def study(self, name: str) -> None:
         study = load_study(self.study_dir, name)
@@ -224,14 +237,14 @@ class _Planner:
                 fine_shards = self.shard_set(self.dataset, *fine_res, settings["label_interpolation"])
                 for init in study["inits"]:
                     try:
-                        init_section = self.init_section(init, encoder, model, pre_res)
+                        inits = self.init_sections(study, init, encoder, model, pre_res)
                     except Unavailable as reason:
                         row = {"init": init, "encoder": encoder, "reason": str(reason)}
                         if row not in unavailable:
                             unavailable.append(row)
                         continue
                     data = self.data_section(fine_shards, *fine_res)
-                    ids += self.finetunes(study, protocol, settings, init_section, model, data)
+                    ids += self.finetunes(study, protocol, settings, inits, model, data)
         self.plan.studies[name] = list(dict.fromkeys(ids))
         self.plan.unavailable[name] = unavailable
         self.plan.figures[name] = {
@@ -250,7 +263,7 @@ class _Planner:
         study: dict[str, Any],
         protocol: str,
         settings: dict[str, Any],
-        init: InitSection,
+        inits: dict[int, InitSection],
         model: dict[str, Any],
         data: DataSection,
     ) -> list[str]:
@@ -259,9 +272,11 @@ class _Planner:
 
         finetune = self.config["finetune"]
         lrs = study.get("lrs")
+        first = next(iter(inits.values()))
         source = ""
-        if "variant" in init and init["variant"] != data["variant"]:
-            source = f"-from{init['height']}x{init['width']}"
+        if "variant" in first and first["variant"] != data["variant"]:
+            source = f"-from{first['height']}x{first['width']}"
+        paired = study.get("pretrain_seeds", "shared") == "paired" and "run_id" in first
         ids = []
         for mode in study.get("modes", ["all"]):
             task_values = {
@@ -274,10 +289,11 @@ class _Planner:
                 for lr in lrs or [finetune["lr"]]:
                     for seed in study["seeds"]:
                         run_id = (
-                            f"seg-{init['name']}-{mode}-{model['encoder']}-{self.dataset}-{data['variant']}"
+                            f"seg-{first['name']}-{mode}-{model['encoder']}-{self.dataset}-{data['variant']}"
                             f"{source}-n{size or 'all'}"
                             + (f"-lr{lr:g}" if lrs else "")
                             + ("-legacy" if protocol == "legacy" else "")
+                            + (f"-ps{seed}" if paired else "")
                             + f"-s{seed}"
                         )
                         snapshot: Snapshot = {
@@ -286,7 +302,7 @@ class _Planner:
                             "seed": seed,
                             "protocol": protocol,
                             "task": task,
-                            "init": init,
+                            "init": inits[seed],
                             "model": model,
                             "data": {**data, "train_size": size, "split_rule": settings["split_rule"]},
                             "loop": {**_loop(finetune), "lr": lr, "zero_grad": settings["zero_grad"]},
