@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from geosem.geometry.warp import warp_with_depth
 from geosem.shards.reader import ShardDataset, ShardSet
@@ -152,3 +153,30 @@ def test_colour_jitter_is_one_draw_for_all_frames_and_leaves_the_originals() -> 
         assert torch.allclose(out["right_aug"], out["image_aug"].flip(-1), atol=1e-6)
         jittered += not torch.equal(out["image_aug"], image)
     assert 0 < jittered < 8  # applied with probability 0.5
+
+
+def test_the_flow_loss_counts_only_pixels_whose_flow_lands_inside_the_source_frame() -> None:
+    """A constant flow of 8 px maps the right 8 columns outside frame t-1: their zero-padded warp must not
+    count (the photometric term is the mean over the in-image pixels)."""
+    from geosem.geometry import warp_with_flow
+    from geosem.tasks import get_task
+    from geosem.tasks.photometric import photometric_error
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, 32, 64, generator=generator)
+    prev = torch.rand(1, 3, 32, 64, generator=generator)
+    prev[..., 8:] = image[..., :-8]  # frame t's pixel x is frame t-1's pixel x + 8
+    flow = torch.zeros(1, 2, 32, 64)
+    flow[:, 0] = 8.0
+
+    class ConstantFlow(torch.nn.Module):
+        def forward(self, first: torch.Tensor, second: torch.Tensor) -> dict[int, torch.Tensor]:
+            return {0: flow}
+
+    task = get_task("flow")({"task": {"smoothness": 0.0}})
+    _, logs = task.loss(ConstantFlow(), {"image": image, "image_prev": prev})
+    warped, inside = warp_with_flow(prev, flow)
+    error = photometric_error(warped, image)
+    assert inside[..., -8:].sum() == 0 and inside[..., :-8].all()
+    assert logs["photometric"] == pytest.approx(float(error[inside].mean()), rel=1e-6)
+    assert logs["photometric"] < 0.5 * float(error.mean())  # the unmasked mean counts the padding

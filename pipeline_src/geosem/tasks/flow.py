@@ -6,7 +6,8 @@ concatenated and decoded by a monodepth2 decoder into a 2-channel output at four
 ``flow = 0.4 (sigmoid - 0.5) x (W, H)`` pixels: where each pixel of frame t is found in frame t-1. Loss
 per scale (upsampled to full resolution, weight 1/2^s): the photometric error
 0.85 (1 - SSIM)/2 + 0.15 L1 between frame t and frame t-1 warped by the flow
-(``geosem.geometry.warp.warp_with_flow``), plus 2.0 x edge-aware smoothness of each flow channel. The
+(``geosem.geometry.warp.warp_with_flow``) over the pixels whose flow lands inside frame t-1, plus 2.0 x
+edge-aware smoothness of each flow channel. The
 smoothness acts on the flow as a fraction of the image size (the sigmoid's range), so its weight does
 not depend on the resolution (the seed code does not say which unit it smooths).
 
@@ -64,6 +65,12 @@ class SiameseFlowModel(nn.Module):
         }
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over the pixels where ``mask`` holds (0 when it holds nowhere)."""
+    mask = mask.to(values.dtype).expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
 @register_task("flow")
 class Flow(Task):
     """Siamese unsupervised optical flow (the seed code's setup; ImageNet start by default)."""
@@ -110,8 +117,10 @@ class Flow(Task):
         for scale, flow in model(image, prev).items():
             # Flow in pixels of the full image already; upsampling keeps its values (no rescaling).
             flow = upsample(flow, image.shape[-2:])
-            warped, _ = warp_with_flow(prev, flow)
-            error = photometric_error(warped, image).mean()
+            warped, inside = warp_with_flow(prev, flow)
+            # Only pixels whose flow lands inside frame t-1 have a source; the zero padding outside would
+            # add an error no flow can fix (and pull the flow back into the image).
+            error = masked_mean(photometric_error(warped, image), inside)
             smooth = edge_aware_smoothness(flow / size, image)
             total = total + (error + self.params["smoothness"] * smooth) / 2**scale
             if scale == 0:
