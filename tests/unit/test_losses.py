@@ -180,3 +180,41 @@ def test_the_flow_loss_counts_only_pixels_whose_flow_lands_inside_the_source_fra
     assert inside[..., -8:].sum() == 0 and inside[..., :-8].all()
     assert logs["photometric"] == pytest.approx(float(error[inside].mean()), rel=1e-6)
     assert logs["photometric"] < 0.5 * float(error.mean())  # the unmasked mean counts the padding
+
+
+def test_stereo_partner_sits_left_when_flipped_or_swapped_and_right_otherwise() -> None:
+    from geosem.tasks.depth_mono import stereo_transform
+
+    baseline = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    flipped = torch.tensor([0.0, 1.0, 0.0, 1.0])
+    swapped = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    shifts = stereo_transform(baseline, flipped, swapped)[:, 0, 3].tolist()
+    assert shifts == [-0.5, 0.5, 0.5, -0.5]
+
+
+@pytest.mark.parametrize("task_name", ["depth_stereo", "depth_mono_stereo"])
+def test_stereo_tasks_train_on_both_cameras_as_monodepth2_does(task_name: str) -> None:
+    """monodepth2 draws the target side per sample; the right image then is the target, the left its
+    partner, and (video + stereo) the temporal sources come from the right camera too."""
+    from geosem.tasks import get_task, resolve_parameters
+
+    frames = {name: torch.full((3, 8, 16), float(k)) for k, name in enumerate(
+        ("image", "right", "image_prev", "right_prev", "image_next", "right_next")
+    )}  # fmt: skip
+    sample = {**frames, "K": torch.eye(3), "baseline": torch.tensor(0.5)}
+    params = resolve_parameters(task_name, {"hflip": False, "colour_jitter": False}, "test")
+    assert params["stereo_side"] == "sample"
+    task = get_task(task_name)({"task": params, "model": {"encoder": "resnet18"}})
+    rng = np.random.default_rng(0)
+    drawn = [task.transform(dict(sample), rng) for _ in range(200)]
+    swapped = [out for out in drawn if out["swapped"] == 1.0]
+    assert 70 < len(swapped) < 130  # about half of the samples train on the right camera
+    for out in swapped:
+        assert torch.equal(out["image"], frames["right"]) and torch.equal(out["right"], frames["image"])
+        if task_name == "depth_mono_stereo":
+            assert torch.equal(out["image_prev"], frames["right_prev"])
+            assert torch.equal(out["image_next"], frames["right_next"])
+    kept = [out for out in drawn if out["swapped"] == 0.0]
+    assert all(torch.equal(out["image"], frames["image"]) for out in kept)
+    left = get_task(task_name)({"task": {**params, "stereo_side": "left"}, "model": {"encoder": "resnet18"}})
+    assert all(left.transform(dict(sample), rng)["swapped"] == 0.0 for _ in range(50))

@@ -77,16 +77,45 @@ def invert_rigid(transform: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
-def stereo_transform(baseline: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
-    """``src_from_dst`` of the right camera (at +baseline along x): a shift by -baseline along x.
+def stereo_transform(
+    baseline: torch.Tensor, flipped: torch.Tensor, swapped: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``src_from_dst`` of the stereo partner: for the left target the right camera at +baseline along x,
+    a shift by -baseline.
 
-    A horizontally flipped pair mirrors the rig, so the other camera sits on the left: +baseline
-    (monodepth2 flips the sign of stereo_T with the flip).
+    A horizontally flipped pair mirrors the rig, and a swapped pair (the right image as target) puts the
+    partner on the left: each turns the sign (monodepth2 flips the sign of stereo_T for the left side and
+    again under a flip); both together cancel.
     """
     transform = torch.eye(4, dtype=baseline.dtype, device=baseline.device).repeat(len(baseline), 1, 1)
-    sign = torch.where(flipped > 0.5, 1.0, -1.0).to(baseline.dtype)
+    partner_left = flipped > 0.5
+    if swapped is not None:
+        partner_left = partner_left ^ (swapped > 0.5)
+    sign = torch.where(partner_left, 1.0, -1.0).to(baseline.dtype)
     transform[:, 0, 3] = sign * baseline
     return transform
+
+
+STEREO_SIDES = ("sample", "left")
+
+
+def keep_left(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The left image as target, as stored; the right camera's neighbours are not needed."""
+    out = {key: value for key, value in sample.items() if key not in ("right_prev", "right_next")}
+    out["swapped"] = torch.tensor(0.0)
+    return out
+
+
+def swap_sides(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The right image as target and the left one as its stereo partner (temporal neighbours from the
+    right camera too, where the sample has them). Rectified cameras share their intrinsics."""
+    out = {key: value for key, value in sample.items() if key not in ("right_prev", "right_next")}
+    out["image"], out["right"] = sample["right"], sample["image"]
+    for step in ("prev", "next"):
+        if f"right_{step}" in sample:
+            out[f"image_{step}"] = sample[f"right_{step}"]
+    out["swapped"] = torch.tensor(1.0)
+    return out
 
 
 def flip_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,6 +210,13 @@ class PhotometricDepth(Task):
     def median_scaling(self) -> bool:
         return not self.use_stereo  # only a known baseline fixes the scale
 
+    def _draw_side(self, rng: np.random.Generator) -> bool:
+        """Whether this sample trains on the right camera (``stereo_side: sample``, with p 0.5)."""
+        side = self.params.get("stereo_side", "left")
+        if side not in STEREO_SIDES:
+            raise ValueError(f"task.stereo_side must be one of {STEREO_SIDES}, got {side!r}")
+        return side == "sample" and rng.random() < 0.5
+
     def build_model(self) -> nn.Module:
         pose = None
         if self.use_video:
@@ -196,6 +232,9 @@ class PhotometricDepth(Task):
         # global one: the DataLoader draws from the global generator whenever it starts iterating (also
         # on resume), so global-generator noise would differ after a resume.
         noise_seed = torch.tensor(int(rng.integers(2**62)), dtype=torch.int64)
+        if self.use_stereo:
+            # monodepth2 trains on both cameras: the target side is drawn per sample.
+            sample = swap_sides(sample) if self._draw_side(rng) else keep_left(sample)
         if self.params.get("hflip", True) and rng.random() < 0.5:
             sample = flip_sample(sample)
         else:
@@ -224,7 +263,8 @@ class PhotometricDepth(Task):
             sources.append((batch["image_prev"], invert_rigid(poses[0])))
             sources.append((batch["image_next"], poses[1]))
         if self.use_stereo:
-            sources.append((batch["right"], stereo_transform(batch["baseline"], batch["flipped"])))
+            transform = stereo_transform(batch["baseline"], batch["flipped"], batch.get("swapped"))
+            sources.append((batch["right"], transform))
         return photometric_depth_loss(
             logits,
             target,
@@ -315,18 +355,33 @@ class DepthMono(PhotometricDepth):
     use_video = True
 
 
+STEREO_PARAMETERS: dict[str, Param] = {
+    **PhotometricDepth.parameters,
+    "stereo_side": param(
+        "sample",
+        "Target camera: sample (left or right with p 0.5 per sample, as monodepth2 trains) or left only.",
+        type="string",
+        enum=list(STEREO_SIDES),
+    ),
+}
+
+
 @register_task("depth_stereo")
 class DepthStereo(PhotometricDepth):
     """Rectified stereo with the known baseline, no pose network (monodepth2 S)."""
 
     fields = ("image", "right", "K", "baseline")
     use_stereo = True
+    parameters: ClassVar[dict[str, Param]] = STEREO_PARAMETERS
 
 
 @register_task("depth_mono_stereo")
 class DepthMonoStereo(PhotometricDepth):
     """Video and stereo together (monodepth2 MS): three sources in one per-pixel minimum."""
 
-    fields = ("image", "image_prev", "image_next", "right", "K", "baseline")
+    # The right camera's neighbours too: a sample drawn with the right image as target takes its
+    # temporal sources from the same camera.
+    fields = ("image", "image_prev", "image_next", "right", "right_prev", "right_next", "K", "baseline")
     use_video = True
     use_stereo = True
+    parameters: ClassVar[dict[str, Param]] = STEREO_PARAMETERS
