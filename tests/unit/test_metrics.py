@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,3 +100,38 @@ def test_legacy_metrics_follow_the_seed_code_on_a_hand_checked_example() -> None
     matrix = ConfusionMatrix(19)
     matrix.update(np.stack([pred1, pred2]), np.stack([gt1, gt2]))
     assert matrix.scores()["miou"] != pytest.approx(scores["miou"])
+
+
+def test_the_garg_crop_scores_only_monodepth2s_kitti_region() -> None:
+    from geosem.metrics.depth import DEPTH_CROPS
+
+    gt = np.full((1, 100, 200), 10.0)
+    pred = gt.copy()
+    pred[:, :40] = 20.0  # wrong only above row 40, which the Garg crop (rows 40.8-99.2 %) leaves out
+    pred[:, :, :7] = 20.0  # and in the left 3.5 % of the columns
+    assert depth_metrics(gt, pred, crop=DEPTH_CROPS["garg"])["abs_rel"] == 0.0
+    assert depth_metrics(gt, pred, crop=DEPTH_CROPS["none"])["abs_rel"] > 0.4
+
+
+def test_depth_evaluation_brings_predictions_to_the_ground_truths_size_and_states_its_settings(
+    tiny_shards: Path,
+) -> None:
+    import torch
+    from geosem.shards.reader import ShardSet
+    from geosem.tasks.depth_common import at_resolution, evaluate_depth
+
+    coarse = torch.full((2, 8, 12), 5.0)
+    assert at_resolution(coarse, (64, 96)).shape == (2, 64, 96)
+    assert torch.allclose(at_resolution(coarse, (64, 96)), torch.tensor(5.0))
+    shards = ShardSet(tiny_shards)
+    run = {"evaluation": {"batch_size": 2, "max_depth": 80.0, "depth_crop": "garg"}}
+    scores = evaluate_depth(
+        lambda image: torch.full((len(image), 16, 24), 10.0),  # a quarter of the stored resolution
+        run,
+        shards,
+        shards.ids("test"),
+        torch.device("cpu"),
+        median_scaling=False,
+    )
+    assert scores["depth_eval_crop"] == "garg" and scores["depth_eval_max_depth"] == 80.0
+    assert scores["depth_eval_resolution"] == "64x96" and scores["depth_images_scored"] > 0

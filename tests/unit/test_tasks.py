@@ -214,7 +214,7 @@ def test_pretrain_table_lists_depth_metrics_of_each_pretraining(tiny_shards: Pat
         metrics: dict[str, Any] = {"steps": 3}
         if scaled is not None:
             metrics.update({f"depth_{name}": 0.1 * (number + 1) for name in DEPTH_METRIC_NAMES})
-            metrics.update(depth_median_scaled=scaled, depth_images_scored=4)
+            metrics.update(depth_median_scaled=scaled, depth_images_scored=4, depth_eval_crop="garg")
         else:
             metrics["test_masked_l1"] = 0.25
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -225,5 +225,5 @@ def test_pretrain_table_lists_depth_metrics_of_each_pretraining(tiny_shards: Pat
     assert csv.loc[csv["init"] == "depth_stereo_rand", "abs_rel"].item() == pytest.approx(0.2)
     assert bool(csv.loc[csv["init"] == "depth_mono_rand", "median_scaled"].item()) is True
     md = (tmp_path / "t.md").read_text()
-    assert "| depth_mono_rand | depth_mono | random | yes | 0.100 |" in md and "masked_l1 0.250" in md
+    assert "| depth_mono_rand | depth_mono | random | yes | garg | 0.100 |" in md and "masked_l1 0.250" in md
     assert len(table) == 3

@@ -38,6 +38,7 @@ def collect_pretrain_runs(run_dirs: list[Path]) -> pd.DataFrame:
             "encoder": snapshot["model"]["encoder"],
             "steps": metrics.get("steps"),
             "median_scaled": metrics.get("depth_median_scaled"),
+            "crop": metrics.get("depth_eval_crop"),
             "images_scored": metrics.get("depth_images_scored"),
         }
         row.update({name: metrics.get(f"depth_{name}") for name in DEPTH_COLUMNS})
@@ -59,7 +60,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def pretrain_markdown(table: pd.DataFrame, study: str) -> str:
-    header = ["init", "task", "encoder start", "median scaled", *DEPTH_COLUMNS, "other score"]
+    header = ["init", "task", "encoder start", "median scaled", "crop", *DEPTH_COLUMNS, "other score"]
     lines = [
         f"### {study}: pre-training depth quality on the test split",
         "",
@@ -70,13 +71,14 @@ def pretrain_markdown(table: pd.DataFrame, study: str) -> str:
         other = "; ".join(
             f"{name.removeprefix('test_')} {_fmt(row[name])}" for name in OTHER_SCORES if pd.notna(row[name])
         )
-        cells = [row["init"], row["task"], row["encoder_init"], _fmt(row["median_scaled"])]
+        cells = [row["init"], row["task"], row["encoder_init"], _fmt(row["median_scaled"]), _fmt(row["crop"])]
         cells += [_fmt(row[name]) for name in DEPTH_COLUMNS] + [other or "–"]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += [
         "",
         "Depth metrics of each pre-trained network on the ground-truth depth of the test split (per-image "
-        "averages, evaluation depth cap; delta_k = share with max(g/p, p/g) < 1.25^k). Median scaling only "
+        "averages, evaluation depth cap, inside the crop named (garg: monodepth2's KITTI crop); delta_k = "
+        "share with max(g/p, p/g) < 1.25^k). Median scaling only "
         "for scale-ambiguous monocular video (depth_mono); stereo uses the known baseline. Tasks without a "
         "depth output show their own score: flow end-point error in pixels (epe_zero: of a zero flow), "
         "masked-reconstruction L1.",

@@ -19,6 +19,12 @@ from __future__ import annotations
 import numpy as np
 
 DEPTH_METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
+# Scored regions as (top, bottom, left, right) fractions of the image. garg: the crop of Garg et al. that
+# monodepth2's KITTI evaluation applies (rows 0.4081-0.9919, columns 0.0359-0.9641; docs/protocols.md 2).
+DEPTH_CROPS: dict[str, tuple[float, float, float, float] | None] = {
+    "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "none": None,
+}
 
 
 def _image_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:

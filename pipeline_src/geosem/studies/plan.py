@@ -175,7 +175,8 @@ class _Planner:
             "model": model,
             "data": self.data_section(shards, *resolution),
             "loop": _loop(self.config["pretrain"]),
-            "evaluation": self.evaluation,
+            # Only pre-trainings score depth: the crop stays out of fine-tuning snapshots.
+            "evaluation": {**self.evaluation, "depth_crop": self.config["evaluation"]["depth_crop"]},
             "compute": self.compute,
         }
         self.add(self.plan.pretrain, snapshot, f"init {init}")

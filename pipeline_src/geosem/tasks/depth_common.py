@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from geosem.metrics.depth import depth_metrics
+from geosem.metrics.depth import DEPTH_CROPS, depth_metrics
 from geosem.models import build_dense_model
 from geosem.models.dense import DenseModel
 from geosem.shards.reader import ShardSet
@@ -65,21 +66,41 @@ def evaluate_depth(
 
     ``median_scaling``: per-image median scaling for scale-ambiguous predictions (monocular video);
     metric modes (stereo with a known baseline, lidar, dense supervision) are scored as predicted.
+    Predictions are brought to the ground truth's resolution (never the ground truth to theirs), the
+    region is ``evaluation.depth_crop``, and the settings are returned with the scores (``depth_eval_*``)
+    so every metrics.json says how it was measured.
     """
+    evaluation = run["evaluation"]
+    crop = evaluation.get("depth_crop", "none")
+    if crop not in DEPTH_CROPS:
+        raise ValueError(f"evaluation.depth_crop must be one of {sorted(DEPTH_CROPS)}, got {crop!r}")
     gts, preds = [], []
-    for batch in iterate_batches(shards, ids, ("image", "depth"), run["evaluation"]["batch_size"], device):
-        preds.append(depth_fn(batch["image"]).cpu().numpy())
-        gts.append(batch["depth"].cpu().numpy())
+    for batch in iterate_batches(shards, ids, ("image", "depth"), evaluation["batch_size"], device):
+        gt = batch["depth"]
+        preds.append(at_resolution(depth_fn(batch["image"]), gt.shape[-2:]).cpu().numpy())
+        gts.append(gt.cpu().numpy())
+    min_depth, max_depth = 1e-3, evaluation["max_depth"]
     metrics = depth_metrics(
         np.concatenate(gts),
         np.concatenate(preds),
-        min_depth=1e-3,
-        max_depth=run["evaluation"]["max_depth"],
+        min_depth=min_depth,
+        max_depth=max_depth,
         median_scaling=median_scaling,
+        crop=DEPTH_CROPS[crop],
     )
     out = {f"depth_{k}" if k != "images_scored" else "depth_images_scored": v for k, v in metrics.items()}
     out["depth_median_scaled"] = median_scaling
+    out |= {"depth_eval_crop": crop, "depth_eval_min_depth": min_depth, "depth_eval_max_depth": max_depth}
+    out["depth_eval_resolution"] = "x".join(str(int(side)) for side in gts[0].shape[-2:]) if gts else ""
     return out
+
+
+def at_resolution(depth: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
+    """Predicted depth (B,H,W) bilinearly resized to the ground truth's ``size``, as monodepth2's
+    evaluation resizes its predictions; unchanged when the sizes agree."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth
+    return F.interpolate(depth[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def dense_part(model: nn.Module) -> DenseModel:
