@@ -28,6 +28,7 @@ sun        synth_sun      sunrgbd    ``sun``: :data:`SUN_FILES`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 WORLD_MARKER = "geosem_world.json"  # provenance marker, written by each world's last job
@@ -52,6 +53,26 @@ SUN_FILES = (
 # workflow deletes them once the NYU files are written, and a conversion must not see them.
 INDOOR_BATCHES_DIR = "synth_indoor_batches"
 INDOOR_BATCH_FILE = "batch_{batch}.h5"  # str.format pattern, also a Snakemake wildcard pattern
+
+
+def write_world_marker(
+    root: Path, generator: str, version: str, digest: str, config: Any, layout: str
+) -> None:
+    """The provenance file a world's last job writes (converters copy it into every shard manifest):
+    generator, version, config digest, the config itself (a dataclass) and the layout it was written in."""
+    import json
+    from dataclasses import asdict
+
+    from geosem.atomic import atomic_write_text
+
+    marker = {
+        "generator": generator,
+        "version": version,
+        "digest": digest,
+        "config": asdict(config),
+        "layout": layout,
+    }
+    atomic_write_text(Path(root) / WORLD_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 def world_config(world_section: dict[str, Any], name: str) -> dict[str, Any]:

@@ -32,10 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from geosem.atomic import atomic_write_text
 from geosem.labelspaces import ADE150_CLASSES
 from geosem.sources.common import swap_in
-from geosem.worlds import WORLD_MARKER, indoor
+from geosem.worlds import indoor, write_world_marker
 from geosem.worlds.driving import DrivingWorldConfig
 from geosem.worlds.driving_layout import build_scene
 from geosem.worlds.driving_view import render_camera
@@ -215,11 +214,4 @@ GENERATOR_PREFIX = "geosem.sources.synthetic.aux_writer"
 
 
 def _marker(root: Path, config: AuxWorldConfig, name: str, layout: str) -> None:
-    info = {
-        "generator": f"{GENERATOR_PREFIX}.{name}",
-        "version": AUX_VERSION,
-        "digest": _digest(config, name),
-        "config": asdict(config),
-        "layout": layout,
-    }
-    atomic_write_text(Path(root) / WORLD_MARKER, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_world_marker(root, f"{GENERATOR_PREFIX}.{name}", AUX_VERSION, _digest(config, name), config, layout)

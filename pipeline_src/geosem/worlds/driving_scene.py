@@ -163,16 +163,7 @@ class PrimitiveRows:
     def primitives(self) -> rc.Primitives:
         """The collected primitives; those of objects still at the origin (see
         :meth:`DrivingScene.primitives_at`)."""
-        rows = self.rows
-        return rc.Primitives(
-            kind=np.array([r[0] for r in rows], dtype=np.int64),
-            center=np.array([r[1:4] for r in rows], dtype=np.float64).reshape(-1, 3),
-            yaw=np.array([r[4] for r in rows], dtype=np.float64),
-            half=np.array([r[5:8] for r in rows], dtype=np.float64).reshape(-1, 3),
-            part=np.array([r[8] for r in rows], dtype=np.int64),
-            material=np.array([r[9] for r in rows], dtype=np.int64),
-            obj=np.array([r[10] for r in rows], dtype=np.int64),
-        )
+        return rc.primitives_from_rows(self.rows)
 
     def object_offsets(self) -> tuple[np.ndarray, np.ndarray]:
         """Offset (M,3) and yaw (M,) of every primitive in its object's frame (0 for static ones)."""

@@ -92,16 +92,7 @@ def build_room(config: IndoorWorldConfig, room_index: int) -> Room:
     lay = RoomLayout(rng, bank, width, depth)
     furnish(lay, kind, config.clutter)
     wall_items(lay)
-    rows = lay.rows
-    prims = rc.Primitives(
-        kind=np.array([r[0] for r in rows], dtype=np.int64),
-        center=np.array([r[1:4] for r in rows], dtype=np.float64).reshape(-1, 3),
-        yaw=np.array([r[4] for r in rows], dtype=np.float64),
-        half=np.array([r[5:8] for r in rows], dtype=np.float64).reshape(-1, 3),
-        part=np.array([r[8] for r in rows], dtype=np.int64),
-        material=np.array([r[9] for r in rows], dtype=np.int64),
-        obj=np.array([r[10] for r in rows], dtype=np.int64),
-    )
+    prims = rc.primitives_from_rows(lay.rows)
     return Room(kind, width, depth, height, prims, bank.freeze(), surface_mats, lay.footprints)
 
 

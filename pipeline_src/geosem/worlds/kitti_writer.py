@@ -48,7 +48,7 @@ import numpy as np
 from geosem.atomic import atomic_write_text
 from geosem.labelspaces import CITYSCAPES_COLOURS
 from geosem.sources.common import swap_in
-from geosem.worlds import WORLD_MARKER
+from geosem.worlds import write_world_marker
 from geosem.worlds.driving import DATES, WORLD_VERSION, DriveId, DrivingWorldConfig, drive_ids, rig_for
 from geosem.worlds.driving_frames import DriveRenderer, DrivingFrame
 from geosem.worlds.parts import part_table
@@ -383,14 +383,7 @@ def write_semantics(config: DrivingWorldConfig, root: Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     atomic_write_text(root / "devkit" / "mapping" / "train_mapping.txt", "\n".join(mapping) + "\n")
-    marker = {
-        "generator": GENERATOR,
-        "version": WORLD_VERSION,
-        "digest": world_digest(config),
-        "config": asdict(config),
-        "layout": "kitti",
-    }
-    atomic_write_text(root / WORLD_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    write_world_marker(root, GENERATOR, WORLD_VERSION, world_digest(config), config, "kitti")
     return final
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from geosem.atomic import atomic_write_text
 from geosem.sources.matfile import (
     add_mat73_array,
     add_mat73_strings,
@@ -35,7 +34,7 @@ from geosem.sources.matfile import (
     finish_mat73,
     write_mat5,
 )
-from geosem.worlds import WORLD_MARKER
+from geosem.worlds import write_world_marker
 from geosem.worlds.indoor import WORLD_VERSION, IndoorWorldConfig, render_room
 from geosem.worlds.parts import NYU_RAW_NAMES, nyu_map_class, part_table
 
@@ -126,14 +125,7 @@ def write_nyu_files(config: IndoorWorldConfig, batch_paths: list[Path], root: Pa
     mat = _write_labelled_mat(frames, np.random.default_rng([config.seed, 77]), root)
     _write_splits(config, frames.room, root)
     write_mat5(root / "classMapping40.mat", {"mapClass": nyu_map_class().reshape(1, -1)})
-    marker = {
-        "generator": GENERATOR,
-        "version": WORLD_VERSION,
-        "digest": world_digest(config),
-        "config": asdict(config),
-        "layout": "nyuv2",
-    }
-    atomic_write_text(root / WORLD_MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
+    write_world_marker(root, GENERATOR, WORLD_VERSION, world_digest(config), config, "nyuv2")
     return mat
 
 

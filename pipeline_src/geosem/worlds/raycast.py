@@ -68,6 +68,22 @@ class Primitives:
         return out
 
 
+PrimitiveRow = tuple  # (kind, cx, cy, cz, yaw, hx, hy, hz, part, material, obj)
+
+
+def primitives_from_rows(rows: list[PrimitiveRow]) -> Primitives:
+    """Stack the rows the world builders collect (one per primitive) into ``Primitives``."""
+    return Primitives(
+        kind=np.array([r[0] for r in rows], dtype=np.int64),
+        center=np.array([r[1:4] for r in rows], dtype=np.float64).reshape(-1, 3),
+        yaw=np.array([r[4] for r in rows], dtype=np.float64),
+        half=np.array([r[5:8] for r in rows], dtype=np.float64).reshape(-1, 3),
+        part=np.array([r[8] for r in rows], dtype=np.int64),
+        material=np.array([r[9] for r in rows], dtype=np.int64),
+        obj=np.array([r[10] for r in rows], dtype=np.int64),
+    )
+
+
 def yaw_matrix(yaw: float) -> np.ndarray:
     """Rotation about the (downward) y axis that maps local +z onto heading (sin yaw, 0, cos yaw)."""
     c, s = math.cos(yaw), math.sin(yaw)
