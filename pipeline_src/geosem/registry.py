@@ -17,6 +17,9 @@ from types import ModuleType
 
 PLUGIN_PATH_VARIABLE = "GEOSEM_PLUGIN_PATH"
 _discovered: set[str] = set()
+# (package, its search path) already scanned: a lookup is a set test, not a directory listing (the
+# planner looks up a converter or task for every run it plans).
+_scanned: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def plugin_folders(subfolder: str) -> list[str]:
@@ -30,8 +33,12 @@ def discover(package: ModuleType, subfolder: str) -> None:
     for folder in plugin_folders(subfolder):
         if folder not in package.__path__:
             package.__path__.append(folder)
+    key = (package.__name__, tuple(package.__path__))
+    if key in _scanned:
+        return
     for info in pkgutil.iter_modules(package.__path__):
         name = f"{package.__name__}.{info.name}"
         if name not in _discovered and not info.name.startswith("_"):
+            importlib.import_module(name)  # an import error propagates, naming the module
             _discovered.add(name)
-            importlib.import_module(name)
+    _scanned.add(key)
