@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import cv2
@@ -92,18 +90,3 @@ def check_label_values(label: np.ndarray, limit: int, path: Path, allowed: tuple
     bad = (label > limit) & ~np.isin(label, allowed)
     if bad.any():
         raise ValueError(f"{path} holds label values {np.unique(label[bad]).tolist()[:10]} above {limit}")
-
-
-def swap_in(staging: Path, final: Path) -> None:
-    """Move a finished staging folder onto ``final``; an old ``final`` is renamed away first and removed
-    only after the new one is in place, so a reader never finds the folder missing or half written."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        retired = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if retired.exists():
-            shutil.rmtree(retired)
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, final)

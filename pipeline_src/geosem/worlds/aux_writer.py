@@ -32,8 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from geosem.atomic import staged_folder, swap_in
 from geosem.labelspaces import ADE150_CLASSES
-from geosem.sources.common import swap_in
 from geosem.worlds import indoor, write_world_marker
 from geosem.worlds.driving import DrivingWorldConfig
 from geosem.worlds.driving_layout import build_scene
@@ -124,23 +124,16 @@ def _png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _replace(staging: Path, final: Path) -> None:
-    swap_in(staging, final)
-
-
 def write_ade(config: AuxWorldConfig, root: Path) -> Path:
     """ADEChallengeData2016 under ``root``; the last ``test_images`` images form ``validation``."""
     root = Path(root)
     final = root / "ADEChallengeData2016"
-    staging = root / f".ADEChallengeData2016.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
     rng = np.random.default_rng([config.seed, 31])
     n_val = config.test_images
     pixels = np.zeros(151, np.int64)
     present = {"training": np.zeros(151, np.int64), "validation": np.zeros(151, np.int64)}
     scenes = []
-    try:
+    with staged_folder(final) as staging:
         for split in ("training", "validation"):
             (staging / "images" / split).mkdir(parents=True)
             (staging / "annotations" / split).mkdir(parents=True)
@@ -170,10 +163,6 @@ def write_ade(config: AuxWorldConfig, root: Path) -> Path:
         ]
         (staging / "objectInfo150.txt").write_text("\n".join(lines) + "\n")
         (staging / "sceneCategories.txt").write_text("\n".join(scenes) + "\n")
-        _replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _marker(root, config, "ade", "ade20k")
     return final
 
@@ -198,7 +187,7 @@ def write_sun(config: AuxWorldConfig, root: Path) -> Path:
             _jpeg(staging / folder / f"img-{image_id:06d}.jpg", rgb)
             _png(staging / "sunrgbd_train_test_labels" / f"img-{image_id:06d}.png", _SUN_OF_PART[parts])
         for folder in folders:
-            _replace(staging / folder, root / folder)
+            swap_in(staging / folder, root / folder)
         shutil.rmtree(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

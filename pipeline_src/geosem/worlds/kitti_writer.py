@@ -36,7 +36,6 @@ import datetime as dt
 import hashlib
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict
@@ -45,9 +44,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from geosem.atomic import atomic_write_text
+from geosem.atomic import atomic_write_text, staged_folder
 from geosem.labelspaces import CITYSCAPES_COLOURS
-from geosem.sources.common import swap_in
 from geosem.worlds import write_world_marker
 from geosem.worlds.driving import DATES, WORLD_VERSION, DriveId, DrivingWorldConfig, drive_ids, rig_for
 from geosem.worlds.driving_frames import DriveRenderer, DrivingFrame
@@ -280,10 +278,7 @@ def write_drive(
 ) -> Path:
     """Render one drive and write it into ``raw_data/<date>/<drive>`` under ``root``, atomically."""
     final = Path(root) / "raw_data" / drive.date / drive.name
-    staging = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
+    with staged_folder(final) as staging:
         for folder in _DRIVE_FOLDERS:
             (staging / folder).mkdir(parents=True)
         renderer = DriveRenderer(config, drive)
@@ -299,10 +294,6 @@ def write_drive(
         (staging / "oxts" / "dataformat.txt").write_text("\n".join(OXTS_FIELDS) + "\n")
         for t, line in enumerate(oxts_packets(config, drive, np.stack(poses), renderer.scene.yaw_rate)):
             (staging / "oxts/data" / f"{t:010d}.txt").write_text(line + "\n")
-        swap_in(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 
@@ -361,10 +352,7 @@ def write_semantics(config: DrivingWorldConfig, root: Path) -> Path:
     """Write ``data_semantics`` and ``devkit/mapping`` from the already written held-out drives."""
     root = Path(root)
     final = root / "data_semantics"
-    staging = root / f".data_semantics.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    try:
+    with staged_folder(final) as staging:
         for folder in ("image_2", "semantic", "semantic_rgb", "instance"):
             (staging / "training" / folder).mkdir(parents=True)
         mapping = []
@@ -378,10 +366,6 @@ def write_semantics(config: DrivingWorldConfig, root: Path) -> Path:
             shutil.copyfile(source / "instance_02/data" / frame, staging / "training/instance" / name)
             _write_png(staging / "training/semantic_rgb" / name, _semantic_rgb(label_ids))
             mapping.append(f"{drive.date} {drive.name} {t:010d}")
-        swap_in(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     atomic_write_text(root / "devkit" / "mapping" / "train_mapping.txt", "\n".join(mapping) + "\n")
     write_world_marker(root, GENERATOR, WORLD_VERSION, world_digest(config), config, "kitti")
     return final
