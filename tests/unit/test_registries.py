@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 import yaml
 from geosem import registry, sources, tasks
+from geosem.shards.reader import ShardDataset, ShardSet
 from geosem.sources.catalog import dataset_spec
 from geosem.studies import plan_runs
 
@@ -37,13 +40,34 @@ class Throwaway(DepthSupervised):
 CONVERTER_MODULE = """
 from pathlib import Path
 
+import numpy as np
+from geosem.shards.writer import ShardWriter
 from geosem.sources import register_converter
+from geosem.sources.common import read_rgb, resize_image
 
 
 @register_converter("toyset", version="7", label_space="cityscapes19", reads=("images", "labels.txt"))
-def convert_toyset(raw_dir: Path, out_dir: Path, *, height: int, width: int, dataset: str = "toyset",
-                   samples_per_part: int = 256) -> Path:
-    raise NotImplementedError("the throwaway converter only has to be seen, not run")
+def convert_toyset(
+    raw_dir: Path,
+    out_dir: Path,
+    *,
+    height: int,
+    width: int,
+    dataset: str = "toyset",
+    samples_per_part: int = 256,
+) -> Path:
+    # images/<id>.png, and labels.txt: one line "<id> <split> <train id of the whole image>" per image.
+    lines = (Path(raw_dir) / "labels.txt").read_text().splitlines()
+    parameters = {"height": height, "width": width}
+    with ShardWriter(
+        out_dir, dataset=dataset, variant=Path(out_dir).name, source_version="toy", converter_version="7",
+        label_space="cityscapes19", parameters=parameters, samples_per_part=samples_per_part,
+    ) as writer:
+        for sample_id, split, train_id in (line.split() for line in lines if line):
+            image = resize_image(read_rgb(Path(raw_dir) / "images" / f"{sample_id}.png"), height, width)
+            label = np.full((height, width), int(train_id), dtype=np.uint8)
+            writer.add({"image": image, "label": label}, {"id": sample_id, "split": split, "sequence": "toy"})
+    return Path(out_dir)
 """
 
 
@@ -64,6 +88,7 @@ def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
         table.pop(key, None)
         sys.modules.pop(f"{package.__name__}.{name}", None)
         registry._discovered.discard(f"{package.__name__}.{name}")
+        registry._scanned.clear()
         for folder in list(package.__path__):
             if folder.startswith(str(root)):
                 package.__path__.remove(folder)
@@ -106,6 +131,22 @@ def test_the_command_line_sees_a_new_task_and_converter(plugin_path: Path) -> No
         [sys.executable, "-m", "geosem.cli", "datasets"], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert any(line.split()[:3] == ["toyset", "toyset", "7"] for line in datasets.splitlines()), datasets
+    # ... and runs it: `geosem convert` writes a shard set that `geosem verify` accepts.
+    raw = plugin_path.parent / "raw" / "toyset"
+    (raw / "images").mkdir(parents=True)
+    for index in range(3):
+        cv2.imwrite(str(raw / "images" / f"toy{index}.png"), np.full((48, 64, 3), 40 * index, np.uint8))
+    (raw / "labels.txt").write_text("toy0 train 0\ntoy1 train 13\ntoy2 test 13\n")
+    out = plugin_path.parent / "shards" / "toyset" / "32x32-v7"
+    convert = [sys.executable, "-m", "geosem.cli", "convert", "--converter", "toyset", "--dataset", "toyset"]
+    convert += ["--raw", str(raw), "--out", str(out), "--height", "32", "--width", "32"]
+    result = subprocess.run(convert, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "wrote 3 samples" in result.stdout
+    shards = ShardSet(out)
+    assert shards.ids("test") == ["toy2"] and shards.manifest.converter_version == "7"
+    (sample,) = ShardDataset(shards, ["toy1"], ("image", "label"))
+    assert tuple(sample["image"].shape) == (3, 32, 32) and bool((sample["label"] == 13).all())
 
 
 @pytest.mark.slow
