@@ -10,7 +10,10 @@ from typing import Any
 
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
-MANIFEST_FORMAT = 1
+# Format 2 records each part's size in bytes (``PartEntry.size``), which the start-of-job check
+# (``geosem.shards.verify.check_shard_set``) compares without reading the parts. Format 1 manifests (no
+# sizes) stay readable; a format newer than this code is refused rather than half understood.
+MANIFEST_FORMAT = 2
 
 
 def sha256_of(path: Path, block_size: int = 1 << 20) -> str:
@@ -27,6 +30,7 @@ class PartEntry:
     file: str
     samples: int
     sha256: str
+    size: int | None = None  # bytes; None in a format 1 manifest
 
 
 @dataclass
@@ -51,6 +55,12 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        written = data.get("format", 1)
+        if not isinstance(written, int) or written > MANIFEST_FORMAT:
+            raise ValueError(
+                f"manifest format {written!r} is newer than this GeoSem reads (up to {MANIFEST_FORMAT}): "
+                "update GeoSem or convert the shard set again"
+            )
         parts = [PartEntry(**entry) for entry in data.get("parts", [])]
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "parts"}
         return cls(parts=parts, **known)
@@ -65,5 +75,5 @@ def read_manifest(shard_dir: Path) -> Manifest:
         )
     try:
         return Manifest.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as error:
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise ValueError(f"malformed shard manifest {path}: {error}") from error

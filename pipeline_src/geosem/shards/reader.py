@@ -14,11 +14,13 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
-from geosem.shards.manifest import Manifest, read_manifest
+from geosem.shards.manifest import Manifest, read_manifest, sha256_of
+from geosem.shards.verify import ShardVerificationError, check_shard_set
 
 
 class ShardSet:
@@ -27,10 +29,28 @@ class ShardSet:
     def __init__(self, shard_dir: Path) -> None:
         self.root = Path(shard_dir)
         self.manifest: Manifest = read_manifest(self.root)
-        self.index: pd.DataFrame = pq.read_table(self.root / self.manifest.index_file).to_pandas()
+        self.index: pd.DataFrame = self._read_index()
         self._row_of = {sample_id: i for i, sample_id in enumerate(self.index["id"])}
         self._handles: dict[str, h5py.File] = {}
         self._pid = os.getpid()
+
+    def _read_index(self) -> pd.DataFrame:
+        path = self.root / self.manifest.index_file
+        try:
+            return pq.read_table(path).to_pandas()
+        except (OSError, pa.ArrowException) as error:
+            # Say whether the file is still the one the converter wrote: a damaged copy, not a bug.
+            state = "missing" if not path.is_file() else f"sha256 {sha256_of(path)}"
+            raise ShardVerificationError(
+                f"shard set {self.root}: cannot read its index ({error}):\n  {path}: {state}, manifest "
+                f"says sha256 {self.manifest.index_sha256}\nRestore the set (dvc checkout / dvc pull) or "
+                "convert it again"
+            ) from error
+
+    def check_manifest(self) -> None:
+        """Refuse a set that no longer matches its manifest: part sizes and the index's sha256, no part
+        read (``geosem.shards.verify.check_shard_set``), cheap enough for the start of every job."""
+        check_shard_set(self.root, self.manifest)
 
     def __len__(self) -> int:
         return len(self.index)

@@ -19,6 +19,9 @@ the part file and row, and per-class pixel counts.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import shutil
 from pathlib import Path
@@ -30,8 +33,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from geosem.atomic import swap_in
 from geosem.labelspaces import IGNORE_INDEX, class_names
-from geosem.shards.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, PartEntry, sha256_of
+from geosem.shards.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, PartEntry
 
 # Array fields a sample may carry (design.md, "Sample schema"). Absent fields are omitted, never faked.
 ARRAY_FIELDS: dict[str, np.dtype] = {
@@ -48,24 +52,19 @@ ARRAY_FIELDS: dict[str, np.dtype] = {
 INDEX_COLUMNS = ("id", "split", "sequence", "frame", "prev_id", "next_id", "fx", "fy", "cx", "cy", "baseline")
 
 
-def replace_directory(staging: Path, final: Path) -> None:
-    """Move a finished staging directory into place, replacing any previous version only once done."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        retired = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired)
-    else:
-        os.replace(staging, final)
+class DiskFullError(OSError):
+    """The file system of a shard set ran out of space (ENOSPC) or quota (EDQUOT) while it was written."""
 
 
 class ShardWriter:
     """Collects samples into HDF5 parts and writes index.parquet and manifest.json on close.
 
     Everything is written into a hidden staging directory beside the target and renamed into place by
-    ``close()``; an exception inside the ``with`` block removes the staging directory, so a failed
-    conversion never leaves a half-written shard set behind.
+    ``close()``; an exception inside the ``with`` block or in ``close()`` removes the staging directory,
+    so a failed conversion never leaves a half-written shard set behind and keeps the previous one.
+
+    Labels are checked against the label space here, for every converter: a train id that is neither a
+    class of the space nor 255 (ignore) stops the conversion naming the sample and the id.
     """
 
     def __init__(
@@ -103,10 +102,14 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
+        if exc_type is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        try:
+            self.close()
+        except BaseException:
+            shutil.rmtree(self.staging, ignore_errors=True)  # e.g. the disk filled up writing the index
+            raise
 
     def add(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Add one sample: ``arrays`` maps field names to arrays, ``meta`` holds the index columns."""
@@ -131,6 +134,10 @@ class ShardWriter:
                 f"sample {sample_id!r} has fields {layout}, but this shard set holds {self._fields}: "
                 "a variant has one resolution and one set of fields"
             )
+        counts: np.ndarray | None = None
+        if "label" in checked and self.classes:
+            counts = np.bincount(checked["label"].ravel(), minlength=IGNORE_INDEX + 1)
+            self._check_label(sample_id, counts)
         self._ids.add(sample_id)
         row = {column: meta.get(column) for column in INDEX_COLUMNS}
         row["id"] = sample_id
@@ -139,8 +146,7 @@ class ShardWriter:
         row["pose"] = (
             None if meta.get("pose") is None else np.asarray(meta["pose"], np.float64).ravel().tolist()
         )
-        if "label" in checked and self.classes:
-            counts = np.bincount(checked["label"].ravel(), minlength=IGNORE_INDEX + 1)
+        if counts is not None:
             row["class_pixels"] = counts[: len(self.classes)].astype(np.int64).tolist()
         row["part"] = self._part_name(len(self._parts))
         row["row"] = len(self._buffer)
@@ -149,28 +155,68 @@ class ShardWriter:
         if len(self._buffer) >= self.samples_per_part:
             self._flush()
 
+    def _check_label(self, sample_id: str, counts: np.ndarray) -> None:
+        """``counts``: pixels per train id of the sample's label (uint8, so ids 0..255)."""
+        ids = np.flatnonzero(counts)
+        bad = ids[(ids >= len(self.classes)) & (ids != IGNORE_INDEX)]
+        if bad.size:
+            raise ValueError(
+                f"sample {sample_id!r} in {self.out_dir}: label holds train id(s) {bad.tolist()[:10]} "
+                f"outside label space {self.label_space!r} (ids 0..{len(self.classes) - 1}, "
+                f"{IGNORE_INDEX} = ignore)"
+            )
+
     @staticmethod
     def _part_name(number: int) -> str:
         return f"part-{number:05d}.h5"
+
+    def _write_file(self, path: Path, data: bytes | memoryview) -> None:
+        """Write one file of the set with plain Python I/O, so a full disk is one clean ENOSPC naming it.
+
+        HDF5 is never pointed at the disk: on ENOSPC it fails while closing the file and h5py then
+        crashes the process with a segmentation fault (h5py/h5py#914), which would leave the staging
+        folder behind and say nothing useful. Parts are built in memory instead (``_flush``).
+        """
+        try:
+            with open(path, "wb") as handle:
+                handle.write(data)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            full = "no space left on the device" if error.errno == errno.ENOSPC else "disk quota exceeded"
+            free = shutil.disk_usage(self.staging).free
+            raise DiskFullError(
+                error.errno,
+                f"disk full: {full} while writing shard set {self.out_dir} ({len(data)} bytes to write, "
+                f"{free} bytes free on the device); the previous set there, if any, is untouched. Free "
+                "space or write the set elsewhere, then convert again",
+                str(path),
+            ) from error
 
     def _flush(self) -> None:
         if not self._buffer:
             return
         name = self._part_name(len(self._parts))
-        path = self.staging / name
         assert self._fields is not None
-        # track_times=False keeps the bytes reproducible, so equal inputs give equal checksums under DVC.
-        with h5py.File(path, "w", track_order=False) as handle:
+        samples = len(self._buffer)
+        # The part is built in memory (see _write_file). Each field leaves the buffer as it is stacked, so
+        # the peak stays near one part's size. track_times=False keeps the bytes reproducible, so equal
+        # inputs give equal checksums under DVC.
+        image = io.BytesIO()
+        with h5py.File(image, "w", track_order=False) as handle:
             for field_name, layout in self._fields.items():
-                stacked = np.stack([sample[field_name] for sample in self._buffer])
-                handle.create_dataset(
-                    field_name,
-                    data=stacked,
-                    chunks=(1, *layout["shape"]),
-                    track_times=False,
-                )
-        self._parts.append(PartEntry(file=name, samples=len(self._buffer), sha256=sha256_of(path)))
+                stacked = np.stack([sample.pop(field_name) for sample in self._buffer])
+                chunks = (1, *layout["shape"])
+                handle.create_dataset(field_name, data=stacked, chunks=chunks, track_times=False)
+                del stacked
         self._buffer = []
+        data = image.getbuffer()
+        self._write_file(self.staging / name, data)
+        self._parts.append(
+            PartEntry(file=name, samples=samples, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        )
+        del data
+        image.close()
 
     def close(self) -> Path:
         """Write the last part, the index and the manifest, then move the set into place."""
@@ -178,9 +224,13 @@ class ShardWriter:
         if not self._rows:
             shutil.rmtree(self.staging, ignore_errors=True)
             raise ValueError(f"no samples were added to {self.out_dir}")
+        self._check_neighbours()
         frame = pd.DataFrame(self._rows)
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(table, self.staging / INDEX_NAME)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        index = memoryview(sink.getvalue())
+        self._write_file(self.staging / INDEX_NAME, index)
         manifest = Manifest(
             dataset=self.dataset,
             variant=self.variant,
@@ -193,8 +243,20 @@ class ShardWriter:
             num_samples=len(frame),
             splits={str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},
             parts=self._parts,
-            index_sha256=sha256_of(self.staging / INDEX_NAME),
+            index_sha256=hashlib.sha256(index).hexdigest(),
         )
-        (self.staging / MANIFEST_NAME).write_text(manifest.to_json())
-        replace_directory(self.staging, self.out_dir)
+        self._write_file(self.staging / MANIFEST_NAME, manifest.to_json().encode())
+        swap_in(self.staging, self.out_dir)
         return self.out_dir
+
+    def _check_neighbours(self) -> None:
+        """Every ``prev_id`` / ``next_id`` must be a sample of the set: readers of frame triplets follow
+        them (``ShardDataset``'s ``*_prev`` / ``*_next`` fields); a dangling one would fail in training."""
+        for row in self._rows:
+            for column in ("prev_id", "next_id"):
+                neighbour = row.get(column)
+                if neighbour not in (None, "") and str(neighbour) not in self._ids:
+                    raise ValueError(
+                        f"sample {row['id']!r} in {self.out_dir}: its {column} {neighbour!r} is not a sample "
+                        "of this shard set (was its frame missing from the source?)"
+                    )

@@ -65,7 +65,7 @@ def convert_ade20k(
                 label = read_image(label_path)
                 if label.ndim != 2:
                     raise ValueError(f"{label_path} has shape {label.shape}: annotations are one channel")
-                check_label_values(label, 150, label_path)
+                check_label_values(label, 150, label_path, sample=path.stem)
                 image = read_rgb(path)
                 if image.shape[:2] != label.shape:
                     raise ValueError(f"{path} is {image.shape[:2]} but its annotation is {label.shape}")

@@ -8,16 +8,27 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from geosem.labelspaces import IGNORE_INDEX
+
 # The label resizes a shard variant may name: geosem.snapshot owns variant names and their parameters.
 from geosem.snapshot import LABEL_INTERPOLATIONS
 from geosem.worlds import WORLD_MARKER  # a synthetic world's provenance file, if the raw folder has one
 
 
 def read_image(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
-    """Read an image with OpenCV; a missing or unreadable file is an error that names it."""
+    """Read an image with OpenCV; a missing or undecodable file is an error that names it.
+
+    OpenCV returns None (and libpng prints a line) for a truncated or damaged PNG; that must stop the
+    conversion, never become a missing field or a black frame.
+    """
     array = cv2.imread(str(path), flags)
     if array is None:
-        raise FileNotFoundError(f"cannot read image {path} (missing or not an image)")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image {path} is missing")
+        raise ValueError(
+            f"cannot decode image {path} ({Path(path).stat().st_size} bytes): the file is corrupt "
+            "(truncated or damaged) or not an image; restore it from the dataset's archive"
+        )
     return array
 
 
@@ -85,8 +96,24 @@ def source_version(raw_dir: Path, fallback: str) -> str:
     return f"{info['generator']}:{info['version']}+{info['digest']}"
 
 
-def check_label_values(label: np.ndarray, limit: int, path: Path, allowed: tuple[int, ...] = ()) -> None:
-    """Raise naming ``path`` when ``label`` holds values above ``limit`` (other than ``allowed``)."""
+def check_label_values(
+    label: np.ndarray,
+    limit: int,
+    path: Path,
+    allowed: tuple[int, ...] = (IGNORE_INDEX,),
+    sample: str | None = None,
+) -> None:
+    """Raise naming ``path`` (and ``sample``) when ``label`` holds ids above ``limit`` other than
+    ``allowed`` (default: 255, ignore in every label space).
+
+    Converters call it on the dataset's own ids, before their lookup table would quietly turn an unknown
+    id into ignore; ``ShardWriter`` checks the train ids that result, for every converter.
+    """
     bad = (label > limit) & ~np.isin(label, allowed)
     if bad.any():
-        raise ValueError(f"{path} holds label values {np.unique(label[bad]).tolist()[:10]} above {limit}")
+        who = f"sample {sample!r}: " if sample else ""
+        valid = ", ".join([f"0..{limit}", *map(str, allowed)])
+        raise ValueError(
+            f"{who}{path} holds label id(s) {np.unique(label[bad]).tolist()[:10]} that this dataset's "
+            f"encoding does not have (valid: {valid})"
+        )

@@ -121,9 +121,12 @@ def convert_nyuv2(
                     depth = np.ascontiguousarray(depths[i].T).astype(np.float32)
                     raw = np.ascontiguousarray(labels[i].T)
                     if raw.max(initial=0) >= to_train.size:
+                        # Indexing the lookup table would fail with a bare IndexError naming nothing.
+                        unknown = np.unique(raw[raw >= to_train.size]).tolist()[:10]
                         raise ValueError(
-                            f"{mat_path}: image {i + 1} holds raw label {int(raw.max())}, but mapClass "
-                            f"covers 1..{to_train.size - 1}"
+                            f"sample 'nyu-{i + 1:04d}': {mat_path} image {i + 1} holds raw label id(s) "
+                            f"{unknown}, but mapClass of classMapping40.mat covers 1..{to_train.size - 1} "
+                            f"(0 = unlabelled)"
                         )
                     depth[~np.isfinite(depth)] = 0.0
                     writer.add(

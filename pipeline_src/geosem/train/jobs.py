@@ -108,6 +108,7 @@ def run_job(
     device = dist.device()
     task = get_task(run["task"]["name"])(run, device)
     shards = ShardSet(Path(run["data"]["shards"]))
+    shards.check_manifest()  # before any step: a damaged or swapped set fails here, naming the file
     train_ids, evaluation_ids = split_ids(shards, run)
     overlap = set(train_ids) & set(evaluation_ids)
     if overlap:

@@ -121,7 +121,7 @@ class _DriveReader:
             out["depth_lidar"] = project_to_depth_map(cam, self.intrinsics, h, w)
         semantic = d / "semantic_02" / "data" / name
         if semantic.is_file():
-            out["label"] = self.label(semantic)
+            out["label"] = self.label(semantic, self.drive.sample_id(frame))
         flow = d / "flow_02" / "data" / name
         if flow.is_file():
             out["flow"] = resize_flow(read_flow_png(flow), h, w)
@@ -130,11 +130,11 @@ class _DriveReader:
             out["dynamic"] = resize_nearest(read_image(dynamic), h, w)
         return out
 
-    def label(self, path: Path) -> np.ndarray:
+    def label(self, path: Path, sample: str) -> np.ndarray:
         ids = read_image(path)
         if ids.ndim != 2:
             raise ValueError(f"{path} has shape {ids.shape}: Cityscapes label ids are one channel")
-        check_label_values(ids, 33, path)
+        check_label_values(ids, 33, path, sample=sample)
         return resize_label_ids(ids, _ID_TO_TRAIN, self.height, self.width, self.label_interpolation)
 
 
@@ -183,7 +183,7 @@ class _Layout:
     def write_train_drive(self, writer: ShardWriter, name: str) -> None:
         """Every frame of one training drive, linked to its neighbours."""
         r = self.reader(name)
-        ids = [f"{name}-{f:010d}" for f in r.frames]
+        ids = [r.drive.sample_id(f) for f in r.frames]
         for k, frame in enumerate(r.frames):
             meta = {
                 "id": ids[k],
@@ -205,7 +205,8 @@ class _Layout:
             image_path, label_path = self.semantics / "image_2" / name, self.semantics / "semantic" / name
             entry = self.mapping[index] if index < len(self.mapping) else None
             image = read_rgb(image_path)
-            meta: dict = {"id": f"semantics-{index:06d}_10", "split": "test", "sequence": "data_semantics"}
+            sample = f"semantics-{index:06d}_10"
+            meta: dict = {"id": sample, "split": "test", "sequence": "data_semantics"}
             arrays = {"image": resize_image(image, self.height, self.width)}
             if entry is not None:
                 _, drive_name, frame = entry
@@ -213,7 +214,7 @@ class _Layout:
                 arrays = r.fields(frame, image=image)
                 meta.update(sequence=drive_name, frame=frame, **_camera_meta(r, frame))
             ids = read_image(label_path)
-            check_label_values(ids, 33, label_path)
+            check_label_values(ids, 33, label_path, sample=sample)
             arrays["label"] = resize_label_ids(
                 ids, _ID_TO_TRAIN, self.height, self.width, self.label_interpolation
             )

@@ -172,11 +172,50 @@ class Drive:
     name: str
     path: Path
 
+    def sample_id(self, frame: int) -> str:
+        return f"{self.name}-{frame:010d}"
+
     def frames(self) -> list[int]:
+        """The drive's frame numbers; a frame whose left image is missing is an error naming the file.
+
+        A sync drive numbers its frames 0..N-1 with one line of ``image_02/timestamps.txt`` and one OXTS
+        packet each. Listing only the images present would silently drop a deleted one and link its
+        neighbours across the gap (``prev_id`` / ``next_id``), so frame triplets would span two steps.
+        """
         folder = self.path / "image_02" / "data"
         if not folder.is_dir():
             raise FileNotFoundError(f"drive {self.path} has no image_02/data")
-        return sorted(int(p.stem) for p in folder.glob("*.png"))
+        present = {int(p.stem) for p in folder.glob("*.png")}
+        evidence: dict[int, str] = {}
+        for frame in {int(p.stem) for p in (self.path / "oxts" / "data").glob("*.txt")} - present:
+            evidence[frame] = "it has an OXTS packet"
+        stamps = self.path / "image_02" / "timestamps.txt"
+        if stamps.is_file():
+            count = sum(1 for line in stamps.read_text().splitlines() if line.strip())
+            for frame in set(range(count)) - present:
+                evidence.setdefault(frame, f"{stamps} lists {count} frames")
+        known = present | set(evidence)
+        gaps = set(range(min(known), max(known) + 1)) - known if known else set()
+        evidence.update(dict.fromkeys(gaps, "frames on both sides of it exist"))
+        if evidence:
+            lines = []
+            for frame in sorted(evidence)[:5]:
+                needs = [
+                    f"the {column} of sample {self.sample_id(n)}"
+                    for n, column in ((frame - 1, "next_id"), (frame + 1, "prev_id"))
+                    if n in present
+                ]
+                lines.append(
+                    f"{folder / f'{frame:010d}.png'} is missing ({evidence[frame]}): it is sample "
+                    f"{self.sample_id(frame)}" + "".join(f" and {need}" for need in needs)
+                )
+            raise FileNotFoundError(
+                f"drive {self.path} lacks {len(evidence)} frame image(s):\n  "
+                + "\n  ".join(lines)
+                + "\nFrame triplets (depth_mono) read each frame's neighbours: restore the files or "
+                "extract the drive again"
+            )
+        return sorted(present)
 
 
 def _date_dirs(root: Path) -> list[Path]:
