@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,28 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra or {})
     return env
+
+
+@contextmanager
+def mounted_tmpfs(mountpoint: Path, size_bytes: int) -> Iterator[Path]:
+    """A real small filesystem (tmpfs, root only) at ``mountpoint`` for disk-full faults, unmounted on
+    exit. Fails, never skips, where it cannot be mounted: the fault cannot be shown without it."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    size = max(4096, size_bytes // 4096 * 4096)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        raise AssertionError(
+            f"the disk-full tests need a small tmpfs: `mount -t tmpfs` at {mountpoint} failed "
+            f"({mount.stderr.strip()}); run them as root or in a container with CAP_SYS_ADMIN"
+        )
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
 
 
 def make_workdir(root: Path, dvc: bool = True) -> Path:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,11 +24,19 @@ from tests.helpers import cli_env, job_counts, make_workdir, snakemake
 pytestmark = pytest.mark.workflow
 
 
+# The umask a shared project directory is typically used with: outputs must come out 0644 under it.
+SHARED_UMASK = 0o022
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     workdir = make_workdir(tmp_path_factory.mktemp("workflow"))
-    plan = snakemake(workdir, "-n")
-    run = snakemake(workdir)
+    previous = os.umask(SHARED_UMASK)  # inherited by Snakemake and its jobs
+    try:
+        plan = snakemake(workdir, "-n")
+        run = snakemake(workdir)
+    finally:
+        os.umask(previous)
     return workdir, plan.stdout + plan.stderr + "\n" + run.stderr
 
 
@@ -233,12 +243,21 @@ def test_the_workflow_versions_its_data_and_a_pulled_clone_does_not_rebuild_it(
     assert counts["pretrain"] == 1 and counts["finetune"] == 4, counts  # runs are not versioned data
 
 
+def _report(workdir: Path) -> Path:
+    """``snakemake --report`` of the finished run (under the shared umask: the report is an output too)."""
+    previous = os.umask(SHARED_UMASK)
+    try:
+        snakemake(workdir, "--report", "report.html")
+    finally:
+        os.umask(previous)
+    return workdir / "report.html"
+
+
 def test_the_report_holds_the_table_values_and_the_figures(finished_run: tuple[Path, str]) -> None:
     import base64
 
     workdir, _ = finished_run
-    snakemake(workdir, "--report", "report.html")
-    html = (workdir / "report.html").read_text()
+    html = _report(workdir).read_text()
     # The table is embedded as a base64 data URI of the CSV itself; its mIoU means must be in it.
     encoded = re.findall(r"data:text/csv;charset=utf8;filename=tiny\.csv;base64,([A-Za-z0-9+/=]+)", html)
     assert encoded, "results/tables/tiny.csv is not in the report"
@@ -249,3 +268,24 @@ def test_the_report_holds_the_table_values_and_the_figures(finished_run: tuple[P
     for figure in ("tiny_curves.png", "tiny_sizes.png", "tiny_gradcam.png"):
         assert figure in html, figure
     assert "Grad-CAM of a shallow encoder layer" in html  # a caption from workflow/report/
+
+
+def test_every_output_is_readable_by_the_group_and_others(finished_run: tuple[Path, str]) -> None:
+    """Under umask 022 every file the pipeline writes (worlds, shards, checkpoints' final models, metrics,
+    curves, tables, figures, the report) is 0644 and every folder 0755, so colleagues sharing the
+    project directory can read them; temporary-file writers create 0600 files unless told otherwise."""
+    workdir, _ = finished_run
+    _report(workdir)
+    wrong: list[str] = []
+    for top in ("raw", "shards", "runs", "results", "report.html"):
+        root = workdir / top
+        assert root.exists(), root
+        for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+            if path.is_symlink():
+                continue
+            expected = 0o755 if path.is_dir() else 0o644
+            mode = stat.S_IMODE(path.lstat().st_mode)
+            # DVC makes its cache read-only; a workspace file linked to it may be 0444: still readable.
+            if mode != expected and not (path.is_file() and mode == 0o444):
+                wrong.append(f"{path.relative_to(workdir)}: {oct(mode)}")
+    assert not wrong, f"{len(wrong)} outputs do not follow umask 022: {wrong[:10]}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -12,18 +10,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from geosem.atomic import atomic_write_with
+
 
 def _save(figure: plt.Figure, out: Path) -> None:
     """Write a figure atomically (a temporary file renamed into place)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
     try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, out)
+        atomic_write_with(out, lambda tmp: figure.savefig(tmp, format="png"))
     finally:
         plt.close(figure)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _measured(table: pd.DataFrame) -> pd.DataFrame:

@@ -37,7 +37,9 @@ from geosem.train.checkpoint import (
     atomic_torch_save,
     capture_gradients,
     load_checkpoint,
+    remove_checkpoints,
     restore_gradients,
+    save_checkpoint,
 )
 from geosem.train.distributed import Distributed
 from geosem.train.seeding import capture_rng_state, restore_rng_state
@@ -202,7 +204,7 @@ class _Training:
 
     def resume(self) -> int:
         """Load this run's checkpoint, if there is one; the step to start from."""
-        state = load_checkpoint(self.checkpoint_path)
+        state = load_checkpoint(self.run_dir)
         if state is None:
             return 0
         if state.get("run_digest") != self.run_digest:
@@ -219,7 +221,7 @@ class _Training:
         return int(state["step"])
 
     def save(self) -> None:
-        atomic_torch_save(
+        save_checkpoint(
             {
                 "run_digest": self.run_digest,
                 "step": self.step,
@@ -232,7 +234,7 @@ class _Training:
                 # continue the same sequence of updates.
                 **({} if self.spec.zero_grad else {"gradients": capture_gradients(self.model)}),
             },
-            self.checkpoint_path,
+            self.run_dir,
         )
 
     def take_step(
@@ -272,7 +274,7 @@ class _Training:
             )
             atomic_write_text(self.run_dir / "curves.csv", _curves_csv(self.curves))
             atomic_write_json(self.run_dir / "metrics.json", metrics)
-            self.checkpoint_path.unlink(missing_ok=True)
+            remove_checkpoints(self.run_dir)
         self.dist.barrier()
 
 
