@@ -8,7 +8,8 @@ from snakemake.utils import validate
 
 from geosem.snapshot import VARIANT_PATTERN, snapshot_json
 from geosem.sources.catalog import raw_files
-from geosem.studies import load_study, plan_runs
+from geosem.studies import plan_runs
+from geosem.studies.plan import check_study_file
 from geosem.worlds import (
     ADE_FILES,
     DRIVING_SEMANTICS_FILES,
@@ -23,12 +24,9 @@ from geosem.worlds import (
 )
 
 validate(config, "../schemas/config.schema.yaml")
+# Not snakemake's validate: its message names neither the study file nor the key (geosem.studies.plan).
 for _study in config["studies"]:
-    validate(
-        load_study(config["study_dir"], _study),
-        "../schemas/study.schema.yaml",
-        set_default=False,
-    )
+    check_study_file(config["study_dir"], _study, workflow.source_path("../schemas/study.schema.yaml"))
 
 PLAN = plan_runs(config)
 RAW = config["raw_root"]

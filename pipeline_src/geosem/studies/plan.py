@@ -16,14 +16,21 @@ changes exactly the fine-tuning snapshots, and the workflow reruns exactly those
 from __future__ import annotations
 
 import copy
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from geosem.labelspaces import num_classes
 from geosem.snapshot import DataSection, InitSection, ShardVariant, Snapshot
 from geosem.studies.grid import BASELINE_INITS, gradcam_runs, load_study, resolutions, train_size
 from geosem.studies.protocols import protocol_settings
+
+if TYPE_CHECKING:
+    import jsonschema
 
 
 @dataclass
@@ -327,3 +334,65 @@ def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
     for name in config["studies"]:
         planner.study(name)
     return planner.plan
+
+
+class StudyFileError(ValueError):
+    """A study file that its schema rejects; the message names the file and the key path of each problem."""
+
+
+def _key_path(parts: Iterable[str | int]) -> str:
+    """``resolutions[0].pretrain``: the key path a user finds in the YAML file."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(the whole file)"
+
+
+def _study_problems(error: jsonschema.ValidationError) -> list[str]:
+    """One line per problem of ``error``: an unknown key on a line of its own (jsonschema lists them all in
+    one sentence, at the parent's path), with the closest known key when there is one."""
+    where = list(error.absolute_path)
+    if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+        return [f"{_key_path(where)}: {error.message}"]
+    known = sorted(error.schema.get("properties", {}))
+    problems = []
+    for key in sorted(set(error.instance) - set(known), key=str):
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(f"{_key_path([*where, key])}: unknown key ({hint}known here: {', '.join(known)})")
+    return problems
+
+
+def check_study_file(study_dir: Path | str, name: str, schema_path: Path | str) -> dict[str, Any]:
+    """Study ``name`` of ``study_dir``, checked against the study schema at ``schema_path`` (passed in: the
+    package does not know where the workflow lies); returned as loaded, defaults not filled in.
+
+    The workflow calls it while Snakemake parses, so a typo (``fintune_steps: 10``) or a wrong type
+    (``seeds: "three"``) stops the run before any job starts, with a ``StudyFileError`` that names the
+    file and each key path: Snakemake's own ``validate`` names neither, only the schema and the instance.
+    """
+    import jsonschema  # only the workflow's parse needs it
+
+    path = Path(study_dir) / f"{name}.yaml"
+    if path.is_file():
+        # load_study parses the file too; a syntax error or a list at the top would reach the user as a
+        # YAML parser message about "<unicode string>" or an AttributeError, without the file's name.
+        try:
+            with path.open() as stream:  # a stream, so that the parser's message carries the file's name
+                content = yaml.safe_load(stream)
+        except yaml.YAMLError as error:
+            raise StudyFileError(f"study file {path} is not valid YAML: {error}") from None
+        if content is not None and not isinstance(content, dict):
+            raise StudyFileError(
+                f"study file {path}: holds a {type(content).__name__}, not a mapping of study keys"
+            )
+    study = load_study(Path(study_dir), name)
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(study), key=lambda error: [str(p) for p in error.absolute_path])
+    problems = [problem for error in errors for problem in _study_problems(error)]
+    if problems:
+        lines = "\n".join(f"  {path}: {problem}" for problem in problems)
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise StudyFileError(f"study file {path}: {count} (schema {Path(schema_path).name}):\n{lines}")
+    return study
