@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from geosem.sources import convert
+from geosem.worlds.aux_writer import AuxWorldConfig, write_ade
 from geosem.worlds.kitti_writer import write_driving_world
 
 from tests.helpers import TINY_WORLD
@@ -34,3 +35,13 @@ def tiny_shards(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
         samples_per_part=5,
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_ade_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ADE20K-like world, 12 images (9 train, 3 validation = test), at the tiny driving set's 64x96:
+    the other labelled dataset a supervised-segmentation pre-training reads."""
+    root = tmp_path_factory.mktemp("raw") / "synth_ade"
+    write_ade(AuxWorldConfig(seed=5, images=12, test_share=0.25), root)
+    out = tmp_path_factory.mktemp("shards") / "synth_ade" / "64x96"
+    return convert("ade20k", root, out, height=64, width=96, dataset="synth_ade", progress=False)

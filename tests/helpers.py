@@ -193,6 +193,8 @@ PRETRAIN_TASKS: dict[str, dict[str, Any]] = {
     "flow_rand": {"task": "flow", "smoothness": 2.0, "encoder_init": "random"},
     "mae_seed": {"task": "mae", "variant": "seed", "seed_density": [0.001, 0.01], "patch": 7},
     "mae_patch": {"task": "mae", "variant": "patch", "mask_ratio": 0.75, "patch": 8},
+    "moco_v2": {"queue_size": 64, "mlp_hidden": 256, "view_size": [32, 32], "exclude_same_image": True},
+    "dino": {"local_crops": 2, "out_dim": 256},
 }
 
 

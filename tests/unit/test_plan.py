@@ -190,9 +190,9 @@ def test_every_study_file_plans_offline() -> None:
                 "imagenet",
                 "depth_mono",
                 "flow",
-                "supervised_segmentation",
-                "dino",
-                "moco_v2",
+                "supervised_segmentation_coco",
+                "dino_imagenet",
+                "moco_v2_imagenet",
             )
 
 

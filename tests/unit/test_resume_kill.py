@@ -2,7 +2,8 @@
 rerun, and ends with the metrics, curves and weights of an uninterrupted run.
 
 The kinds: one pre-training per registered task module other than segmentation (depth from video, from
-stereo and from both; supervised, lidar and cropped depth; flow; both masked-reconstruction variants), and
+stereo and from both; supervised, lidar and cropped depth; flow; both masked-reconstruction variants;
+MoCo v2 with its queue; DINO with its teacher and centre; supervised segmentation on the ADE-like set), and
 a fine-tune in each mode (all, frozen, encoder_only, and DeepLabV3, whose ASPP dropout draws from
 torch's global generator, so nothing else may draw from it in a resumed run but not in a whole one). A
 test fails when a registered task has no case here, so a new task cannot skip the check.
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 import torch
+from geosem.studies.inits import dataset_keys, pretrain_task_section
 from geosem.tasks import list_tasks
 from geosem.tasks.segmentation import FINETUNE_MODES
 
@@ -55,6 +57,9 @@ PRETRAIN_CASES = (
     "flow_rand",
     "mae_seed",
     "mae_patch",
+    "moco_v2",
+    "dino",
+    "supervised_segmentation",  # on another dataset: not in PRETRAIN_TASKS, which train on the driving set
 )
 CASES = [("pretrain", init) for init in PRETRAIN_CASES] + [("finetune", mode) for mode in FINETUNE_MODES]
 # The step each case is killed at: drawn once from a fixed seed, so a failure reproduces.
@@ -62,7 +67,7 @@ KILL_STEPS = {case: random.Random(f"kill-{case}").randint(1, STEPS - 1) for case
 
 
 def _task_module(init: str) -> str:
-    return PRETRAIN_TASKS[init].get("task", init)
+    return PRETRAIN_TASKS.get(init, {}).get("task", init)
 
 
 def test_every_registered_training_task_has_a_kill_case() -> None:
@@ -70,8 +75,24 @@ def test_every_registered_training_task_has_a_kill_case() -> None:
     assert set(list_tasks()) <= covered, f"tasks without a SIGKILL case: {set(list_tasks()) - covered}"
 
 
-def _snapshot(shards: Path, kind: str, name: str) -> dict[str, Any]:
+def _supervised_segmentation(shards: Path, loop: dict[str, Any]) -> dict[str, Any]:
+    task = pretrain_task_section(
+        {"pretrain": {"tasks": {"supervised_segmentation": {}}}}, "supervised_segmentation"
+    )
+    snapshot = run_snapshot(
+        shards, "pretrain", "supseg-resnet18-64x96-s0", STEPS, task=task, seed=0, loop=loop
+    )
+    # As the planner does: the class count of the data it reads joins the task section.
+    snapshot["task"].update(
+        dataset_keys(task, snapshot["data"]["label_space"], snapshot["data"]["num_classes"])
+    )
+    return snapshot
+
+
+def _snapshot(shards: Path, ade_shards: Path, kind: str, name: str) -> dict[str, Any]:
     loop = {"eval_every": 4, "checkpoint_every": CHECKPOINT_EVERY}
+    if name == "supervised_segmentation":
+        return _supervised_segmentation(ade_shards, loop)
     if kind == "pretrain":
         run_id = f"{name}-resnet18-64x96-s0"
         return run_snapshot(shards, kind, run_id, STEPS, task=pretrain_task(name), seed=0, loop=loop)
@@ -105,9 +126,9 @@ def _kill_at_step(kind: str, run: Path, step: int) -> None:
     ("kind", "name"), CASES, ids=[f"{kind}-{name}-at{KILL_STEPS[(kind, name)]}" for kind, name in CASES]
 )
 def test_sigkill_at_a_random_step_then_rerun_matches_an_uninterrupted_run(
-    tiny_shards: Path, tmp_path: Path, kind: str, name: str
+    tiny_shards: Path, tiny_ade_shards: Path, tmp_path: Path, kind: str, name: str
 ) -> None:
-    snapshot = _snapshot(tiny_shards, kind, name)
+    snapshot = _snapshot(tiny_shards, tiny_ade_shards, kind, name)
     whole = write_run(tmp_path / "whole", snapshot)
     killed = write_run(tmp_path / "killed", snapshot)
     env = cli_env(NO_GPU)

@@ -34,8 +34,8 @@ def _run(shards: Path, init: str) -> dict[str, Any]:
 
 def test_every_task_is_registered() -> None:
     expected = {"depth_supervised", "depth_mono", "depth_stereo", "depth_mono_stereo", "depth_lidar"}
-    expected |= {"depth_cropped", "flow", "mae"}
-    assert expected | {"segmentation"} <= set(list_tasks())
+    expected |= {"depth_cropped", "flow", "mae", "moco_v2", "dino"}
+    assert expected | {"segmentation", "supervised_segmentation"} <= set(list_tasks())
     # The tests' table trains every pre-training task (test_task_trains_with_decreasing_loss_and_transfers).
     assert {pretrain_task(init)["name"] for init in PRETRAIN_TASKS} == expected
 

@@ -3,7 +3,8 @@
 One row per pre-training run (init name, task, encoder start), with the depth metrics of
 ``geosem.metrics.depth`` on the test split (per-image averages, the evaluation's depth cap; median
 scaling for the scale-ambiguous depth_mono, stated in its own column), and the task's own score for the
-non-depth tasks (flow end-point error, masked-reconstruction L1). Run as
+non-depth tasks (flow end-point error, masked-reconstruction L1, MoCo v2's view retrieval top-1 beside
+that of its untrained network). Run as
 ``geosem aggregate-pretrain --study S --runs DIR... --csv OUT --md OUT``.
 """
 
@@ -20,7 +21,17 @@ from geosem.metrics.depth import DEPTH_METRIC_NAMES
 from geosem.snapshot import read_snapshot
 
 DEPTH_COLUMNS = DEPTH_METRIC_NAMES
-OTHER_SCORES = ("test_flow_epe", "test_flow_epe_zero", "test_masked_l1")
+OTHER_SCORES = (
+    "test_flow_epe",
+    "test_flow_epe_zero",
+    "test_masked_l1",
+    "test_moco_top1",
+    "untrained_moco_top1",
+    "test_dino_loss",
+    "test_dino_retrieval",
+    "test_dino_retrieval_untrained",
+    "test_miou",
+)
 
 
 def collect_pretrain_runs(run_dirs: list[Path]) -> pd.DataFrame:
@@ -81,7 +92,8 @@ def pretrain_markdown(table: pd.DataFrame, study: str) -> str:
         "share with max(g/p, p/g) < 1.25^k). Median scaling only "
         "for scale-ambiguous monocular video (depth_mono); stereo uses the known baseline. Tasks without a "
         "depth output show their own score: flow end-point error in pixels (epe_zero: of a zero flow), "
-        "masked-reconstruction L1.",
+        "masked-reconstruction L1, MoCo's top-1 retrieval of each test image's second view among the "
+        "first views (untrained_: the same for the run's initial network).",
     ]
     return "\n".join(lines) + "\n"
 

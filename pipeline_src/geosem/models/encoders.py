@@ -45,7 +45,9 @@ class Encoder(nn.Module):
         self.name = name
         if pretrained and weights_file is None:
             weights_file = resolve_imagenet_weights(name)
-        overlay = {"file": str(weights_file)} if pretrained else None
+        # The file goes through the checkpoint layouts (MoCo v2, DINO, timm, ...): timm gets the encoder's
+        # tensors already in its key names and checked, so its non-strict features_only load hides nothing.
+        overlay = {"state_dict": encoder_weights(name, Path(weights_file))} if pretrained else None
         self.body = timm.create_model(
             name, features_only=True, pretrained=pretrained, pretrained_cfg_overlay=overlay
         )
@@ -55,6 +57,21 @@ class Encoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
         return self.body((image - self.mean) / self.std)
+
+
+def encoder_weights(name: str, weights_file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights_file`` (any layout of ``geosem.models.checkpoint_layouts``) under the
+    names of timm model ``name``, checked against its architecture; the classifier head left out."""
+    from geosem.models.checkpoint_layouts import encoder_state
+
+    with torch.device("meta"):  # names and shapes only: no memory, no random initialisation
+        reference = timm.create_model(name)
+    cfg = timm.models.get_pretrained_cfg(name)
+    heads = getattr(cfg, "classifier", None) if cfg is not None else None
+    heads = (heads,) if isinstance(heads, str) else tuple(heads or ())
+    expected = {key: value.shape for key, value in reference.state_dict().items()}
+    state, _ = encoder_state(weights_file, expected, heads)
+    return state
 
 
 def resolve_imagenet_weights(name: str, configured: dict[str, str] | None = None) -> Path:

@@ -15,7 +15,6 @@ changes exactly the fine-tuning snapshots, and the workflow reruns exactly those
 
 from __future__ import annotations
 
-import copy
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,16 @@ import yaml
 from geosem.labelspaces import num_classes
 from geosem.snapshot import DataSection, InitSection, ShardVariant, Snapshot
 from geosem.studies.grid import BASELINE_INITS, gradcam_runs, load_study, resolutions, train_size
+from geosem.studies.inits import (
+    Unavailable,
+    check_init_names,
+    check_task_entries,
+    dataset_keys,
+    imagenet_weights,
+    pretrain_dataset,
+    pretrain_task_section,
+    weights_init,
+)
 from geosem.studies.protocols import protocol_settings
 
 if TYPE_CHECKING:
@@ -60,10 +69,6 @@ class Plan:
         return rows
 
 
-class Unavailable(Exception):
-    """An init whose prerequisite (a weight file) is not on this machine."""
-
-
 LOOP_KEYS = ("steps", "batch_size", "lr", "weight_decay", "lr_schedule", "eval_every", "checkpoint_every")
 
 
@@ -78,29 +83,6 @@ def _loop(section: dict[str, Any]) -> dict[str, Any]:
     return loop
 
 
-def _imagenet_weights(config: dict[str, Any], encoder: str, where: str) -> str:
-    """The local ImageNet weight file of ``encoder``; resolved while planning so that a machine without
-    the weights stops here, naming what to fetch, and not hours into a run."""
-    from geosem.models.encoders import resolve_imagenet_weights  # imports timm: only when needed
-
-    try:
-        return str(resolve_imagenet_weights(encoder, config["pretrain"].get("imagenet_weights", {})))
-    except FileNotFoundError as error:
-        raise Unavailable(f"{where}: {error}") from None
-
-
-def pretrain_task_section(config: dict[str, Any], init: str) -> dict[str, Any]:
-    """The resolved parameters of init ``init``: the entry ``pretrain.tasks.<init>``, whose ``task`` key
-    picks the task module when it differs from the init's name (``depth_mono`` and ``depth_mono_rand``
-    are one task started from ImageNet and from scratch), checked against the parameters that module
-    declares, defaults filled in."""
-    from geosem.tasks import resolve_parameters
-
-    entry = copy.deepcopy(config["pretrain"]["tasks"][init])
-    task = entry.get("task") or init
-    return {"name": task, "init": init, **resolve_parameters(task, entry, f"pretrain.tasks.{init}")}
-
-
 class _Planner:
     """Builds one Plan; each method plans one kind of thing once and returns what its callers need."""
 
@@ -110,7 +92,7 @@ class _Planner:
         self.config, self.study_dir, self.plan = config, study_dir, Plan()
         self.data_cfg = config["data"]
         self.dataset = self.data_cfg["dataset"]
-        self.label_space = dataset_spec(self.dataset).label_space
+        self.label_space = dataset_spec(self.dataset).label_space  # the studies' (fine-tuning) label space
         self.evaluation = {key: config["evaluation"][key] for key in ("batch_size", "max_depth")}
         self.compute = {"num_workers": config["compute"]["num_workers"]}
 
@@ -134,15 +116,19 @@ class _Planner:
         }
         return f"{self.config['shards_root']}/{name}/{variant.name}"
 
-    def data_section(self, shards: str, height: int, width: int) -> DataSection:
+    def data_section(self, shards: str, height: int, width: int, dataset: str | None = None) -> DataSection:
+        """The data section of a run on ``shards``, a shard set of ``dataset`` (default data.dataset)."""
+        from geosem.sources.catalog import dataset_spec
+
+        label_space = self.label_space if dataset is None else dataset_spec(dataset).label_space
         return {
-            "dataset": self.dataset,
+            "dataset": dataset or self.dataset,
             "variant": Path(shards).name,
             "shards": shards,
             "height": height,
             "width": width,
-            "label_space": self.label_space,
-            "num_classes": num_classes(self.label_space),
+            "label_space": label_space,
+            "num_classes": num_classes(label_space),
             "train_split": "train",
             "test_split": "test",
             "test_stride": self.config["evaluation"]["test_stride"],
@@ -168,19 +154,23 @@ class _Planner:
                 f"pretrain.external {sorted(self.config['pretrain'].get('external', {}))}, nor a task under "
                 f"pretrain.tasks {sorted(tasks)}"
             )
-        shards = self.shard_set(self.dataset, *resolution)
-        variant = Path(shards).name
-        pre_id = f"{init}-{encoder}-{self.dataset}-{variant}-s{seed}"
         task = pretrain_task_section(self.config, init)
+        # Checked before its shard set is planned: an unavailable row plans no data of its own.
+        dataset = pretrain_dataset(task, self.dataset, f"pretrain.tasks.{init}")
         if task.get("encoder_init") == "imagenet":
-            task["weights_file"] = _imagenet_weights(self.config, encoder, f"pretrain.tasks.{init}")
+            task["weights_file"] = imagenet_weights(self.config, encoder, f"pretrain.tasks.{init}")
+        shards = self.shard_set(dataset, *resolution)
+        variant = Path(shards).name
+        pre_id = f"{init}-{encoder}-{dataset}-{variant}-s{seed}"
+        data = self.data_section(shards, *resolution, dataset)
+        task.update(dataset_keys(task, data["label_space"], data["num_classes"]))
         snapshot: Snapshot = {
             "run_id": pre_id,
             "kind": "pretrain",
             "seed": seed,
             "task": task,
             "model": model,
-            "data": self.data_section(shards, *resolution),
+            "data": data,
             "loop": _loop(self.config["pretrain"]),
             # Only pre-trainings score depth: the crop stays out of fine-tuning snapshots.
             "evaluation": {**self.evaluation, "depth_crop": self.config["evaluation"]["depth_crop"]},
@@ -198,21 +188,6 @@ class _Planner:
             "run": {"model": model, "task": task},
         }
 
-    def weights_init(self, init: str, encoder: str) -> InitSection:
-        """An init that loads encoder weights from a file: ImageNet (timm) or an external checkpoint."""
-        if init == "imagenet":
-            return {"name": init, "weights_file": _imagenet_weights(self.config, encoder, "init imagenet")}
-        entry = self.config["pretrain"]["external"][init]
-        configured = entry.get("files", {}).get(encoder)
-        path = Path(configured or "").expanduser()
-        if not configured or not path.is_file():
-            raise Unavailable(
-                f"pretrain.external.{init}.files.{encoder}: no {entry['description']} weights for "
-                f"{encoder} on this machine ({path if configured else 'not configured'}); "
-                "they are not downloadable here"
-            )
-        return {"name": init, "weights_file": str(path)}
-
     def init_section(
         self, init: str, encoder: str, model: dict[str, Any], pre_res: tuple[int, int], seed: int
     ) -> InitSection:
@@ -220,7 +195,7 @@ class _Planner:
         if init == "random":
             return {"name": init}
         if init == "imagenet" or init in self.config["pretrain"].get("external", {}):
-            return self.weights_init(init, encoder)
+            return weights_init(self.config, init, encoder)
         return self.pretrain_run(init, encoder, model, pre_res, seed)
 
     def init_sections(
@@ -282,7 +257,14 @@ class _Planner:
         lrs = study.get("lrs")
         first = next(iter(inits.values()))
         source = ""
-        if "variant" in first and first["variant"] != data["variant"]:
+        # Another resolution's pre-training. A pre-training on another dataset has another converter's
+        # variant name: only its resolution tells.
+        other_dataset = "run" in first and first["run"]["task"].get("dataset", self.dataset) != self.dataset
+        if "variant" in first and (
+            (first["height"], first["width"]) != (data["height"], data["width"])
+            if other_dataset
+            else first["variant"] != data["variant"]
+        ):
             source = f"-from{first['height']}x{first['width']}"
         paired = study.get("pretrain_seeds", "shared") == "paired" and "run_id" in first
         ids = []
@@ -324,9 +306,9 @@ class _Planner:
 
 def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
     """Expand every study listed in ``config['studies']`` (config already validated, defaults filled)."""
+    check_init_names(config)
+    check_task_entries(config)
     planner = _Planner(config, Path(study_dir or config["study_dir"]))
-    for init in config["pretrain"]["tasks"]:  # every entry, used or not: a typo stops the run here
-        pretrain_task_section(config, init)
     # The studies' shard set first, then the extra ones the default pipeline builds (study B's inputs).
     planner.shard_set(planner.dataset, planner.data_cfg["height"], planner.data_cfg["width"])
     for extra in planner.data_cfg.get("extra", []):
