@@ -383,3 +383,135 @@ def markdown_tables(markdown: str) -> list[list[list[str]]]:
             tables[-1].append([cell.strip() for cell in line.strip("|").split("|")])
         previous = line
     return tables
+
+
+# --- SLURM: the test cluster and Snakemake runs through it ---------------------------------------------
+# Shared by tests/workflow/test_slurm.py and tests/workflow/test_slurm_faults.py; the cluster fixture
+# (one cluster per session) is in tests/workflow/conftest.py. The section was appended as a whole, so its
+# imports stay with it.
+
+import signal  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+SLURM_PARTITION = "debug"  # the partition tools/slurm/up creates
+SLURM_CONFIG = ("--configfile", "config/tiny.yaml", "config/slurm.yaml")
+# Status checks every few seconds instead of the plugin's 40 s (which would add 40 s per wave of jobs).
+SLURM_TEST_SETTINGS = ("--slurm-init-seconds-before-status-checks", "2")
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    """The single-node test cluster of tools/slurm/up; ``state`` holds the PID files of its daemons."""
+
+    partition: str
+    state: Path
+
+    def _script(self, name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(REPO / "tools" / "slurm" / name)],
+            env={**os.environ, "GEOSEM_SLURM_STATE": str(self.state)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    def up(self) -> subprocess.CompletedProcess[str]:
+        """Start what is not running (all of it at first, a lost node's slurmd later) and wait until the
+        node takes jobs; returncode 1 and the reason when it does not."""
+        return self._script("up")
+
+    def down(self) -> None:
+        """Stop the daemons tools/slurm/up started, by their recorded PIDs."""
+        self._script("down")
+
+
+def slurm_env() -> dict[str, str]:
+    """The environment of a Snakemake run through the test cluster: the test interpreter's tools first on
+    PATH, the test partition in SBATCH_PARTITION (which profiles/slurm/config.yaml reads)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["SBATCH_PARTITION"] = SLURM_PARTITION
+    return env
+
+
+def slurm_workdir(root: Path) -> Path:
+    """``make_workdir`` with both profiles and the SLURM overlay config (tests/config/slurm.yaml)."""
+    workdir = make_workdir(root)
+    # Both profiles live under profiles/; `--profile slurm` at the root finds them through the `slurm` link,
+    # exactly as in the repository.
+    shutil.copytree(REPO / "profiles", workdir / "profiles")
+    (workdir / "slurm").symlink_to(os.readlink(REPO / "slurm"))
+    shutil.copy2(REPO / "tests" / "config" / "slurm.yaml", workdir / "config" / "slurm.yaml")
+    return workdir
+
+
+class Snakemake:
+    """A `snakemake --profile slurm` run in the background, stopped with SIGINT if it overruns.
+
+    SIGINT, not SIGTERM: on SIGINT Snakemake cancels its SLURM jobs and exits; on SIGTERM it waits for
+    them to finish, and a run whose status polling broke would never end.
+    """
+
+    def __init__(
+        self, workdir: Path, *args: str, timeout: float, config: tuple[str, ...] = SLURM_CONFIG
+    ) -> None:
+        self.workdir = workdir
+        self.log_path = workdir.parent / f"snakemake-{time.monotonic_ns()}.log"
+        self._log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--profile", "slurm", *config, *SLURM_TEST_SETTINGS, *args],
+            cwd=workdir,
+            env=slurm_env(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            # A shell without job control starts background commands with SIGINT ignored, and the
+            # child would inherit that: give Snakemake the default so the SIGINT below reaches it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.deadline = time.monotonic() + timeout
+
+    def running(self) -> bool:
+        if self.process.poll() is not None:
+            return False
+        if time.monotonic() > self.deadline:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            raise AssertionError(f"snakemake overran its time limit; log:\n{self.output()[-6000:]}")
+        return True
+
+    def wait(self) -> int:
+        while self.running():
+            time.sleep(0.5)
+        self._log.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+def running_jobs(rule: str, wildcards: str = "") -> list[str]:
+    """Ids of this rule's running jobs; the plugin's job comment is `rule_<rule>_wildcards_<values>`."""
+    result = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    prefix = f"rule_{rule}_wildcards_{wildcards}"
+    return [
+        job_id
+        for job_id, comment in (line.split(maxsplit=1) for line in result.stdout.splitlines())
+        if comment.startswith(prefix)
+    ]
+
+
+def job_logs(workdir: Path, rule: str, wildcards: str) -> list[Path]:
+    """This job's SLURM logs, one per submission, oldest first."""
+    logs = (workdir / "logs" / "slurm" / f"rule_{rule}" / wildcards).glob("*.log")
+    return sorted(logs, key=lambda log: int(log.stem))

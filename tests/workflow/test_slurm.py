@@ -1,9 +1,10 @@
 """The tiny grid through a real single-node SLURM cluster, as a user types it: `snakemake --profile slurm`.
 
 `tools/slurm/up` installs (apt) and starts munge, slurmctld and slurmd with a partition `debug` and two
-fake GPUs; the module's teardown stops exactly those daemons by PID (`tools/slurm/down`). Nothing is
-mocked: sbatch, srun, squeue and scancel run, and the jobs run under slurmstepd. When SLURM cannot be
-installed or started every test here fails with the reason (never skips).
+fake GPUs, once per session for this module and test_slurm_faults.py (tests/workflow/conftest.py); the
+session's teardown stops exactly those daemons by PID (`tools/slurm/down`). Nothing is mocked: sbatch,
+srun, squeue and scancel run, and the jobs run under slurmstepd. When SLURM cannot be installed or
+started every test here fails with the reason (never skips).
 
 What is checked, in one run of the grid (every extra run of it costs minutes on 2 cores): every output,
 with the repository's profile and the test cluster's partition passed in through SBATCH_PARTITION; a
@@ -16,9 +17,7 @@ run's bit for bit.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,23 +29,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import REPO, make_workdir, snakemake
+from tests.helpers import (
+    SLURM_CONFIG,
+    SlurmCluster,
+    Snakemake,
+    job_logs,
+    running_jobs,
+    slurm_env,
+    slurm_workdir,
+    snakemake,
+)
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-PARTITION = "debug"  # the partition tools/slurm/up creates
 PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
 FINETUNE_ID = "seg-random-all-resnet18-synth_driving-64x96-v2-p4-n4-s0"
-CONFIG = ("--configfile", "config/tiny.yaml", "config/slurm.yaml")
-# Status checks every few seconds instead of the plugin's 40 s (which would add 40 s per wave of jobs).
-TEST_SETTINGS = ("--slurm-init-seconds-before-status-checks", "2")
-
-
-def slurm_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["SBATCH_PARTITION"] = PARTITION  # read by slurm/config.yaml
-    return env
 
 
 @dataclass
@@ -58,112 +55,14 @@ class SlurmRun:
     cancelled_job: str | None = None
 
 
-class Snakemake:
-    """A `snakemake --profile slurm` run in the background, stopped with SIGINT if it overruns.
-
-    SIGINT, not SIGTERM: on SIGINT Snakemake cancels its SLURM jobs and exits; on SIGTERM it waits for
-    them to finish, and a run whose status polling broke would never end.
-    """
-
-    def __init__(self, workdir: Path, *args: str, timeout: float) -> None:
-        self.workdir = workdir
-        self.log_path = workdir.parent / f"snakemake-{time.monotonic_ns()}.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "snakemake", "--profile", "slurm", *CONFIG, *TEST_SETTINGS, *args],
-            cwd=workdir,
-            env=slurm_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            # A shell without job control starts background commands with SIGINT ignored, and the
-            # child would inherit that: give Snakemake the default so the SIGINT below reaches it.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.deadline = time.monotonic() + timeout
-
-    def running(self) -> bool:
-        if self.process.poll() is not None:
-            return False
-        if time.monotonic() > self.deadline:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            raise AssertionError(f"snakemake overran its time limit; log:\n{self.output()[-6000:]}")
-        return True
-
-    def wait(self) -> int:
-        while self.running():
-            time.sleep(0.5)
-        self._log.close()
-        return self.process.returncode
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-
-def running_jobs(rule: str, wildcards: str = "") -> list[str]:
-    """Ids of this rule's running jobs; the plugin's job comment is `rule_<rule>_wildcards_<values>`."""
-    result = subprocess.run(
-        ["squeue", "-h", "-t", "RUNNING", "-o", "%i %k"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    prefix = f"rule_{rule}_wildcards_{wildcards}"
-    return [
-        job_id
-        for job_id, comment in (line.split(maxsplit=1) for line in result.stdout.splitlines())
-        if comment.startswith(prefix)
-    ]
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A running single-node cluster; its daemons are stopped by PID afterwards, even on failure."""
-    env = {**os.environ, "GEOSEM_SLURM_STATE": str(tmp_path_factory.mktemp("slurm-state"))}
-    try:
-        up = subprocess.run(
-            ["bash", str(REPO / "tools" / "slurm" / "up")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if up.returncode != 0:
-            pytest.fail(f"could not start a SLURM cluster for the SLURM tests:\n{up.stdout}{up.stderr}")
-        yield PARTITION
-    finally:
-        subprocess.run(["bash", str(REPO / "tools" / "slurm" / "down")], env=env, timeout=300)
-
-
-def job_logs(workdir: Path, rule: str, wildcards: str) -> list[Path]:
-    """This job's SLURM logs, one per submission, oldest first."""
-    logs = (workdir / "logs" / "slurm" / f"rule_{rule}" / wildcards).glob("*.log")
-    return sorted(logs, key=lambda log: int(log.stem))
-
-
-def prepare(root: Path) -> Path:
-    workdir = make_workdir(root)
-    # Both profiles live under profiles/; `--profile slurm` at the root finds them through the `slurm` link,
-    # exactly as in the repository.
-    shutil.copytree(REPO / "profiles", workdir / "profiles")
-    (workdir / "slurm").symlink_to(os.readlink(REPO / "slurm"))
-    shutil.copy2(REPO / "tests" / "config" / "slurm.yaml", workdir / "config" / "slurm.yaml")
-    return workdir
-
-
 @pytest.fixture(scope="module")
 def local_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     """The same grid without SLURM (--cores 2, no profile), started in the background: it runs while the
     SLURM run mostly waits for its status checks."""
-    workdir = prepare(tmp_path_factory.mktemp("local"))
+    workdir = slurm_workdir(tmp_path_factory.mktemp("local"))
     with (workdir.parent / "snakemake-local.log").open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "snakemake", "--cores", "2", *CONFIG],
+            [sys.executable, "-m", "snakemake", "--cores", "2", *SLURM_CONFIG],
             cwd=workdir,
             env=slurm_env(),
             stdout=log,
@@ -180,13 +79,13 @@ def local_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
 
 @pytest.fixture(scope="module")
 def slurm_grid(
-    slurm_cluster: str,
+    slurm_cluster: SlurmCluster,
     local_grid: tuple[Path, subprocess.Popen[bytes]],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> SlurmRun:
     """The tiny grid through SLURM. Its pre-training job gets SIGTERM once, after its first checkpoint;
     one fine-tuning job is cancelled once while it runs."""
-    workdir = prepare(tmp_path_factory.mktemp("slurm"))
+    workdir = slurm_workdir(tmp_path_factory.mktemp("slurm"))
     run = Snakemake(workdir, timeout=900)
     checkpoint = workdir / "runs" / "pretrain" / PRETRAIN_ID / "checkpoint.pt"
     signalled = cancelled = None
@@ -211,7 +110,7 @@ def test_the_grid_runs_through_slurm_and_writes_every_output(slurm_grid: SlurmRu
     assert slurm_grid.returncode == 0, output[-8000:]
     assert "Using profile slurm for setting default command line arguments." in output
     # Every planned output exists and is up to date.
-    dry = snakemake(workdir, *CONFIG, "-n")
+    dry = snakemake(workdir, *SLURM_CONFIG, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
     for name in (
         "tables/tiny.csv",
