@@ -170,6 +170,7 @@ DEPTH_TASK: dict[str, Any] = {
     "init": "depth_supervised",
     "min_depth": 0.1,
     "max_depth": 100.0,
+    "initial_depth": 10.0,
     "hflip": True,
     "encoder_init": "random",
 }
@@ -307,7 +308,7 @@ def fake_finetune_run(
     seed: int,
     miou: float,
     pacc: float,
-    variant: str = "64x192-v2",
+    variant: str = "64x192-v3",
     pre: str = "",
     encoder: str = "resnet18",
     mode: str = "all",

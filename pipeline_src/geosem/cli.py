@@ -113,10 +113,12 @@ def _cmd_aggregate(args: argparse.Namespace) -> int:
 
 
 def _cmd_aggregate_pretrain(args: argparse.Namespace) -> int:
-    from geosem.aggregate.pretrain import pretrain_markdown, write_pretrain_table
+    from geosem.aggregate.pretrain import write_pretrain_table
 
-    table = write_pretrain_table(args.study, [Path(r) for r in args.runs], Path(args.csv), Path(args.md))
-    print(pretrain_markdown(table, args.study))
+    runs = [Path(r) for r in args.runs]
+    write_pretrain_table(args.study, runs, Path(args.csv), Path(args.md), plot_path=Path(args.plot))
+    print(Path(args.md).read_text())
+    print(f"wrote {args.plot}")
     return 0
 
 
@@ -256,12 +258,16 @@ def _add_result_commands(sub: argparse._SubParsersAction) -> None:
     agg.set_defaults(func=_cmd_aggregate)
 
     pre = sub.add_parser(
-        "aggregate-pretrain", help="a study's pre-trainings and their own depth/flow/MAE scores"
+        "aggregate-pretrain",
+        help="a study's pre-trainings and their own depth/flow/MAE scores, over seeds and against step",
     )
     pre.add_argument("--study", required=True)
     pre.add_argument("--runs", nargs="*", default=[], help="pre-training run directories")
     pre.add_argument("--csv", required=True)
     pre.add_argument("--md", required=True)
+    pre.add_argument(
+        "--plot", required=True, help="figure: each pre-training's scores against step (its curves.csv)"
+    )
     pre.set_defaults(func=_cmd_aggregate_pretrain)
 
     plot = sub.add_parser(

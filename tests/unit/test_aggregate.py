@@ -111,7 +111,7 @@ def test_an_unfinished_run_is_named(tmp_path: Path) -> None:
 
 
 def test_a_pretrained_init_must_record_its_resolution(tmp_path: Path) -> None:
-    run = fake_finetune_run(tmp_path, "depth_mono_rand", 0, 0.1, 0.2, pre="64x192-v2")
+    run = fake_finetune_run(tmp_path, "depth_mono_rand", 0, 0.1, 0.2, pre="64x192-v3")
     snapshot = yaml.safe_load((run / "run.yaml").read_text())
     del snapshot["init"]["height"]
     (run / "run.yaml").write_text(yaml.safe_dump(snapshot))
@@ -121,15 +121,15 @@ def test_a_pretrained_init_must_record_its_resolution(tmp_path: Path) -> None:
 
 def _resolution_study(tmp_path: Path) -> tuple[pd.DataFrame, Path]:
     runs = [
-        fake_finetune_run(tmp_path / "runs", "random", seed, 0.2 + 0.01 * seed, 0.5, variant="96x320-v2")
+        fake_finetune_run(tmp_path / "runs", "random", seed, 0.2 + 0.01 * seed, 0.5, variant="96x320-v3")
         for seed in range(2)
     ]
     runs += [
         fake_finetune_run(
-            tmp_path / "runs", "depth_mono_rand", seed, 0.3 + 0.01 * seed, 0.6, "96x320-v2", pre
+            tmp_path / "runs", "depth_mono_rand", seed, 0.3 + 0.01 * seed, 0.6, "96x320-v3", pre
         )
         for seed in range(2)
-        for pre in ("64x192-v2", "96x320-v2")
+        for pre in ("64x192-v3", "96x320-v3")
     ]
     unavailable = [
         {"init": "imagenet", "encoder": "resnet18", "reason": "ImageNet weights of resnet18 missing"}
@@ -211,8 +211,8 @@ def test_dvc_metrics_show_fits_in_120_columns(tmp_path: Path) -> None:
 
 
 def test_pretrain_table_names_inits_by_the_snapshot(tmp_path: Path) -> None:
-    run_dir = tmp_path / "depth_mono_rand-resnet18-synth_driving-64x96-v2-s0"
-    data = {"variant": "64x96-v2", "height": 64, "width": 96}
+    run_dir = tmp_path / "depth_mono_rand-resnet18-synth_driving-64x96-v3-s0"
+    data = {"variant": "64x96-v3", "height": 64, "width": 96}
     snapshot = {
         "run_id": run_dir.name,
         "kind": "pretrain",

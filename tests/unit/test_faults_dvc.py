@@ -28,7 +28,7 @@ from tests.helpers import cli_env
 pytestmark = pytest.mark.slow  # git and dvc processes
 
 SHARD_SET = "shards/synth_driving/64x96"
-# The part whose object goes missing or bad: the middle one of the tiny set's three parts.
+# The part whose object goes missing or bad: one of the middle two of the tiny set's four parts.
 PART = f"{SHARD_SET}/part-00001.h5"
 ENV = cli_env({"DVC_NO_ANALYTICS": "1"})  # no analytics daemon per dvc command
 
@@ -114,7 +114,7 @@ def test_pull_with_an_object_missing_on_the_remote_names_the_file(project: Path,
     # Nothing half-restored: DVC checks out none of the set (nor the metrics file: all or nothing).
     assert not (clone / SHARD_SET).exists() and not (clone / "results" / "metrics.json").exists()
     # The original checkout lost nothing: its workspace and cache are whole.
-    assert verify_shards(project / SHARD_SET) == 12
+    assert verify_shards(project / SHARD_SET) == 16
     assert _geosem(project, "version", "check").returncode == 0
 
     # `dvc push` alone does not repair it: the remote has the folder's listing, so DVC asks for no file of
@@ -126,7 +126,7 @@ def test_pull_with_an_object_missing_on_the_remote_names_the_file(project: Path,
     assert _object(remote, md5).is_file()
     repaired = _geosem(clone, "version", "pull")
     assert repaired.returncode == 0, repaired.stderr
-    assert _files(clone / SHARD_SET) == _files(tiny_shards) and verify_shards(clone / SHARD_SET) == 12
+    assert _files(clone / SHARD_SET) == _files(tiny_shards) and verify_shards(clone / SHARD_SET) == 16
 
 
 def _rot(path: Path) -> None:
@@ -148,7 +148,7 @@ def test_a_truncated_cache_object_is_flagged_by_dvc_status(project: Path) -> Non
     assert f"not in cache:       {SHARD_SET}" in status.stdout, status.stdout
     check = _geosem(project, "version", "check")
     assert check.returncode == 1 and f"file {PART} (object {_part_md5(project)}" in check.stderr
-    assert verify_shards(project / SHARD_SET) == 12  # the checked-out copy is a separate file: intact
+    assert verify_shards(project / SHARD_SET) == 16  # the checked-out copy is a separate file: intact
 
 
 def test_a_rotten_cache_object_is_named_by_check_and_verify_and_restored_from_the_remote(
@@ -179,4 +179,4 @@ def test_a_rotten_cache_object_is_named_by_check_and_verify_and_restored_from_th
     pulled = _geosem(project, "version", "pull")
     assert pulled.returncode == 0, pulled.stderr
     assert _geosem(project, "version", "check").returncode == 0
-    assert _files(project / SHARD_SET) == _files(tiny_shards) and verify_shards(project / SHARD_SET) == 12
+    assert _files(project / SHARD_SET) == _files(tiny_shards) and verify_shards(project / SHARD_SET) == 16

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from geosem.labelspaces import IGNORE_INDEX, cityscapes_id_to_train_id
-from geosem.shards.reader import ShardSet
+from geosem.shards.reader import ShardDataset, ShardSet
 from geosem.sources import convert
 from geosem.sources.kitti import _DriveReader
 from geosem.sources.kitti.files import (
@@ -86,7 +86,10 @@ def test_velodyne_projection_lands_on_the_dense_depth(tiny_raw: Path) -> None:
 def test_splits_hold_out_the_labelled_drives(tiny_raw: Path, tiny_shards: Path) -> None:
     shards = ShardSet(tiny_shards)
     index = shards.index
-    assert shards.manifest.splits == {"test": 4, "train": 8}
+    # The held-out video: frames 1 and 2 of the 4-frame held-out drive (the ones with both neighbours)
+    # and their neighbours 0 and 3 as context.
+    assert shards.manifest.splits == {"test": 4, "train": 8, "heldout_video": 2, "heldout_context": 2}
+    assert shards.manifest.converter_version == "3" and shards.manifest.parameters["video_frames"] == 100
     assert shards.manifest.label_space == "cityscapes19"
     mapping = read_mapping(tiny_raw)
     heldout = {entry[1] for entry in mapping if entry is not None}
@@ -96,6 +99,8 @@ def test_splits_hold_out_the_labelled_drives(tiny_raw: Path, tiny_shards: Path) 
     # Each labelled image is the raw frame its mapping line names (same pixels), and its label agrees.
     for (drive, t), entry in zip(semantics_selection(TINY_WORLD), mapping, strict=True):
         assert entry == (drive.date, drive.name, t)
+    video_sequences = set(index.loc[index["split"].isin(["heldout_video", "heldout_context"]), "sequence"])
+    assert video_sequences == heldout
     sample_id = shards.ids("test")[0]
     row = shards.row(sample_id)
     raw = cv2.imread(
@@ -118,6 +123,84 @@ def test_splits_hold_out_the_labelled_drives(tiny_raw: Path, tiny_shards: Path) 
         train["next_id"].notna().sum() == 8 - 2
         and index.loc[index["split"] == "test", "prev_id"].isna().all()
     )
+
+
+def test_heldout_video_pairs_come_from_the_heldout_drives_with_their_neighbours(
+    tiny_raw: Path, tiny_shards: Path
+) -> None:
+    """Every heldout_video frame is a raw frame of a held-out drive, never of a training drive, linked to
+    the frames before and after it in that drive (stored, with depth and pose), so a pair task reads
+    them; its context frames are unlinked, so nothing takes them for a pair."""
+    shards = ShardSet(tiny_shards)
+    index = shards.index
+    heldout = {entry[1] for entry in read_mapping(tiny_raw) if entry is not None}
+    video = index[index["split"] == "heldout_video"]
+    assert list(video["frame"]) == [1, 2] and set(video["sequence"]) == heldout
+    assert not set(video["id"]) & set(shards.ids("train"))
+    assert not set(index.loc[index["split"] == "train", "sequence"]) & heldout
+    context = index[index["split"] == "heldout_context"]
+    assert context["prev_id"].isna().all() and context["next_id"].isna().all()
+    for row in video.itertuples():
+        for column, step in (("prev_id", -1), ("next_id", 1)):
+            neighbour = shards.row(getattr(row, column))
+            assert neighbour["sequence"] == row.sequence and neighbour["frame"] == row.frame + step
+            assert neighbour["split"] in ("heldout_video", "heldout_context")
+    dataset = ShardDataset(
+        shards, shards.ids("heldout_video"), ("image", "image_prev", "image_next", "depth", "pose_to_prev")
+    )
+    assert len(dataset) == 2
+    first = video.iloc[0]
+    raw = cv2.imread(
+        str(tiny_raw / "raw_data" / "2011_10_03" / first["sequence"] / "image_02" / "data" / "0000000000.png")
+    )
+    sample = dataset[0]
+    assert np.array_equal(
+        (sample["image_prev"] * 255).round().byte().permute(1, 2, 0).numpy(), raw[..., ::-1]
+    )
+    assert (sample["depth"] > 0).any()
+    renderer = DriveRenderer(TINY_WORLD, next(d for d in drive_ids(TINY_WORLD) if d.heldout))
+    expected = np.linalg.inv(renderer.pose(0)) @ renderer.pose(1)
+    assert np.abs(sample["pose_to_prev"].numpy() - expected).max() < 1e-5
+
+
+def test_the_heldout_video_size_is_a_parameter(tiny_raw: Path, tiny_shards: Path, tmp_path: Path) -> None:
+    """``video_frames`` bounds the pairs (spread over the drive's inner frames); 0 writes no video and
+    leaves train and test exactly as with it."""
+    one = ShardSet(
+        convert(
+            "kitti", tiny_raw, tmp_path / "one" / "64x96", height=64, width=96, video_frames=1, progress=False
+        )
+    )
+    assert one.manifest.splits["heldout_video"] == 1 and one.manifest.splits["heldout_context"] == 2
+    none = ShardSet(
+        convert(
+            "kitti",
+            tiny_raw,
+            tmp_path / "none" / "64x96",
+            height=64,
+            width=96,
+            video_frames=0,
+            progress=False,
+        )
+    )
+    assert none.manifest.splits == {"test": 4, "train": 8}
+    full = ShardSet(tiny_shards)
+    for split in ("train", "test"):
+        assert none.ids(split) == full.ids(split)
+        for sample_id in none.ids(split):
+            assert np.array_equal(
+                none.read(sample_id, ["image"])["image"], full.read(sample_id, ["image"])["image"]
+            )
+    with pytest.raises(ValueError, match="video_frames"):
+        convert(
+            "kitti",
+            tiny_raw,
+            tmp_path / "bad" / "64x96",
+            height=64,
+            width=96,
+            video_frames=-1,
+            progress=False,
+        )
 
 
 def _copy(tiny_raw: Path, tmp_path: Path) -> Path:

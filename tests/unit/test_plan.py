@@ -18,17 +18,17 @@ from tests.helpers import CONFIG_SCHEMA, REPO, validated_config
 
 def test_default_study_expands_into_shared_pretraining_and_six_finetunes() -> None:
     plan = plan_runs(validated_config())
-    assert list(plan.pretrain) == ["depth_supervised-resnet18-synth_driving-64x192-v2-s0"]
+    assert list(plan.pretrain) == ["depth_supervised-resnet18-synth_driving-64x192-v3-s0"]
     assert sorted(plan.finetune) == sorted(
-        f"seg-{init}-all-resnet18-synth_driving-64x192-v2-n16-s{seed}"
+        f"seg-{init}-all-resnet18-synth_driving-64x192-v3-n16-s{seed}"
         for init in ("random", "depth_supervised")
         for seed in (0, 1, 2)
     )
     users = [s for s in plan.finetune.values() if s["init"]["name"] == "depth_supervised"]
     assert {s["init"]["checkpoint"] for s in users} == {
-        "runs/pretrain/depth_supervised-resnet18-synth_driving-64x192-v2-s0/model.pt"
+        "runs/pretrain/depth_supervised-resnet18-synth_driving-64x192-v3-s0/model.pt"
     }
-    assert "checkpoint" not in plan.finetune["seg-random-all-resnet18-synth_driving-64x192-v2-n16-s0"]["init"]
+    assert "checkpoint" not in plan.finetune["seg-random-all-resnet18-synth_driving-64x192-v3-n16-s0"]["init"]
 
 
 def test_ids_and_snapshots_are_stable() -> None:
@@ -117,19 +117,19 @@ def test_variant_names_carry_converter_version_and_non_default_parameters(monkey
     from geosem import sources
 
     plan = plan_runs(validated_config())
-    assert "synth_driving/64x192-v2" in plan.shards
-    spec = plan.shards["synth_driving/64x192-v2"]
+    assert "synth_driving/64x192-v3" in plan.shards
+    spec = plan.shards["synth_driving/64x192-v3"]
     assert (spec["converter"], spec["converter_version"], spec["label_interpolation"]) == (
         "kitti",
-        "2",
+        "3",
         "nearest",
     )
     # A new converter version converts into a new folder: the old shard set (and its runs) stay.
     kitti = sources.converter_spec("kitti")
-    monkeypatch.setitem(sources._CONVERTERS, "kitti", dataclasses.replace(kitti, version="3"))
+    monkeypatch.setitem(sources._CONVERTERS, "kitti", dataclasses.replace(kitti, version="4"))
     bumped = plan_runs(validated_config())
-    assert "synth_driving/64x192-v3" in bumped.shards and "synth_driving/64x192-v2" not in bumped.shards
-    assert all("64x192-v3" in run_id for run_id in bumped.finetune)
+    assert "synth_driving/64x192-v4" in bumped.shards and "synth_driving/64x192-v3" not in bumped.shards
+    assert all("64x192-v4" in run_id for run_id in bumped.finetune)
 
 
 def test_grid_axes_sizes_lrs_and_resolution_pairs(tmp_path: Path) -> None:
@@ -146,13 +146,13 @@ def test_grid_axes_sizes_lrs_and_resolution_pairs(tmp_path: Path) -> None:
     )
     plan = plan_runs(config)
     assert sorted(plan.pretrain) == [
-        "depth_supervised-resnet18-synth_driving-64x192-v2-s0",
-        "depth_supervised-resnet18-synth_driving-96x320-v2-s0",
+        "depth_supervised-resnet18-synth_driving-64x192-v3-s0",
+        "depth_supervised-resnet18-synth_driving-96x320-v3-s0",
     ]
-    run_id = "seg-depth_supervised-all-resnet18-synth_driving-64x192-v2-from96x320-nall-lr0.0001-s0"
+    run_id = "seg-depth_supervised-all-resnet18-synth_driving-64x192-v3-from96x320-nall-lr0.0001-s0"
     run = plan.finetune[run_id]
-    assert run["data"]["shards"].endswith("synth_driving/64x192-v2") and run["data"]["train_size"] == 0
-    assert run["init"]["checkpoint"].endswith("depth_supervised-resnet18-synth_driving-96x320-v2-s0/model.pt")
+    assert run["data"]["shards"].endswith("synth_driving/64x192-v3") and run["data"]["train_size"] == 0
+    assert run["init"]["checkpoint"].endswith("depth_supervised-resnet18-synth_driving-96x320-v3-s0/model.pt")
     assert run["loop"]["lr"] == 0.0001
     # random has no pre-training resolution: one run per fine-tuning resolution, size, lr and seed.
     assert len([r for r in plan.studies["s"] if r.startswith("seg-random")]) == 2 * 2 * 2
@@ -165,13 +165,13 @@ def test_the_legacy_protocol_resolves_into_the_published_codes_settings(tmp_path
     (paper_run,) = paper.finetune.values()
     (legacy_id,) = legacy.finetune
     legacy_run = legacy.finetune[legacy_id]
-    assert legacy_id == "seg-random-frozen-resnet18-synth_driving-64x192-v2-bicubic-n16-legacy-s0"
+    assert legacy_id == "seg-random-frozen-resnet18-synth_driving-64x192-v3-bicubic-n16-legacy-s0"
     assert (paper_run["loop"]["zero_grad"], legacy_run["loop"]["zero_grad"]) == (True, False)
     assert (paper_run["task"]["hflip"], legacy_run["task"]["hflip"]) == (True, False)
     assert (paper_run["task"]["freeze"], legacy_run["task"]["freeze"]) == ("full", "batchnorm")
     assert (paper_run["task"]["metric"], legacy_run["task"]["metric"]) == ("dataset", "legacy")
     assert (paper_run["data"]["split_rule"], legacy_run["data"]["split_rule"]) == ("heldout", "legacy")
-    assert legacy.shards["synth_driving/64x192-v2-bicubic"]["label_interpolation"] == "bicubic"
+    assert legacy.shards["synth_driving/64x192-v3-bicubic"]["label_interpolation"] == "bicubic"
 
 
 def test_every_study_file_plans_offline() -> None:
@@ -203,14 +203,14 @@ def test_paired_pretrain_seeds_give_each_finetune_seed_its_own_pretraining(tmp_p
         _study(tmp_path, inits=["random", "depth_supervised"], seeds=[0, 1, 2], pretrain_seeds="paired")
     )
     assert sorted(paired.pretrain) == [
-        f"depth_supervised-resnet18-synth_driving-64x192-v2-s{s}" for s in range(3)
+        f"depth_supervised-resnet18-synth_driving-64x192-v3-s{s}" for s in range(3)
     ]
     assert all(run["seed"] == int(run_id[-1]) for run_id, run in paired.pretrain.items())
     for seed in range(3):
         run = paired.finetune[
-            f"seg-depth_supervised-all-resnet18-synth_driving-64x192-v2-n16-ps{seed}-s{seed}"
+            f"seg-depth_supervised-all-resnet18-synth_driving-64x192-v3-n16-ps{seed}-s{seed}"
         ]
-        assert run["init"]["run_id"] == f"depth_supervised-resnet18-synth_driving-64x192-v2-s{seed}"
+        assert run["init"]["run_id"] == f"depth_supervised-resnet18-synth_driving-64x192-v3-s{seed}"
         assert run["init"]["checkpoint"].endswith(f"-s{seed}/model.pt")
     # random has no pre-training: its fine-tunes are the same runs in both modes.
     assert {i for i in paired.finetune if "random" in i} == {i for i in shared.finetune if "random" in i}

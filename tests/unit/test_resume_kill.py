@@ -126,9 +126,11 @@ def _kill_at_step(kind: str, run: Path, step: int) -> None:
     ("kind", "name"), CASES, ids=[f"{kind}-{name}-at{KILL_STEPS[(kind, name)]}" for kind, name in CASES]
 )
 def test_sigkill_at_a_random_step_then_rerun_matches_an_uninterrupted_run(
-    tiny_shards: Path, tiny_ade_shards: Path, tmp_path: Path, kind: str, name: str
+    tiny_shards: Path, tiny_tall_shards: Path, tiny_ade_shards: Path, tmp_path: Path, kind: str, name: str
 ) -> None:
-    snapshot = _snapshot(tiny_shards, tiny_ade_shards, kind, name)
+    # depth_cropped's 64x64 crops must move in both axes: larger images than the 64x96 set.
+    shards = tiny_tall_shards if name == "depth_cropped" else tiny_shards
+    snapshot = _snapshot(shards, tiny_ade_shards, kind, name)
     whole = write_run(tmp_path / "whole", snapshot)
     killed = write_run(tmp_path / "killed", snapshot)
     env = cli_env(NO_GPU)

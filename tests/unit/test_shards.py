@@ -153,7 +153,7 @@ def test_writes_are_reproducible(tmp_path: Path) -> None:
 
 
 def test_converter_output_is_verified_and_split_by_sequence(tiny_shards: Path) -> None:
-    assert verify_shards(tiny_shards) == 12
+    assert verify_shards(tiny_shards) == 16
     shards = ShardSet(tiny_shards)
     train_sequences = set(shards.index.loc[shards.index["split"] == "train", "sequence"])
     test_sequences = set(shards.index.loc[shards.index["split"] == "test", "sequence"])

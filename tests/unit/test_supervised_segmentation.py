@@ -38,7 +38,7 @@ def test_it_is_planned_on_the_other_datasets_shards_and_label_space(tmp_path: Pa
     assert plan.shards["synth_ade/64x192-v1"]["converter"] == "ade20k"  # at the pre-training resolution
     # The class count travels in the task section: a fine-tune rebuilds this model from it.
     assert (pre["task"]["num_classes"], pre["task"]["label_space"]) == (150, "ade150")
-    fine = plan.finetune["seg-supervised_segmentation-all-resnet18-synth_driving-64x192-v2-n16-s0"]
+    fine = plan.finetune["seg-supervised_segmentation-all-resnet18-synth_driving-64x192-v3-n16-s0"]
     assert (fine["data"]["dataset"], fine["data"]["num_classes"]) == ("synth_driving", 19)
     assert fine["init"]["run"]["task"] == pre["task"]
     assert fine["init"]["checkpoint"] == f"runs/pretrain/{PRE_ID}/model.pt"
@@ -69,7 +69,7 @@ def test_missing_or_stand_in_pretraining_data_makes_the_row_unavailable(tmp_path
     plan = plan_runs(config)
     (row,) = plan.unavailable["s"]
     assert "stand-in" in row["reason"] and "coco_stuff" in row["reason"] and "issue 12" in row["reason"]
-    assert list(plan.shards) == ["kitti/64x192-v2"]
+    assert list(plan.shards) == ["kitti/64x192-v3"]
 
 
 def test_an_unknown_dataset_stops_the_plan_even_in_an_unused_entry(tmp_path: Path) -> None:

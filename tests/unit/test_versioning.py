@@ -49,7 +49,7 @@ def test_shards_round_trip_through_a_local_remote(tiny_shards: Path, tmp_path: P
     shutil.rmtree(shard_dir)
     shutil.rmtree(repo / ".dvc" / "cache")
     pull(repo)
-    assert verify_shards(shard_dir) == 12
+    assert verify_shards(shard_dir) == 16
     assert {p.name: p.read_bytes() for p in shard_dir.iterdir()} == before
 
 

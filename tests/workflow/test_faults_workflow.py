@@ -33,9 +33,9 @@ from tests.helpers import cli_env, job_counts, make_workdir, snakemake
 
 pytestmark = pytest.mark.workflow
 
-RUN = "runs/pretrain/depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
+RUN = "runs/pretrain/depth_supervised-resnet18-synth_driving-64x96-v3-p4-s0"
 TARGET = f"{RUN}/metrics.json"
-SHARD_SET = "shards/synth_driving/64x96-v2-p4"
+SHARD_SET = "shards/synth_driving/64x96-v3-p4"
 # What an undisturbed run and a disturbed one must share byte for byte.
 COMPARED = [f"{RUN}/metrics.json", f"{RUN}/curves.csv", f"{RUN}/model.pt", f"{SHARD_SET}/manifest.json"]
 PRETRAIN_OUTPUTS = {f"{RUN}/model.pt", f"{RUN}/metrics.json", f"{RUN}/curves.csv"}
@@ -117,7 +117,7 @@ def _verify(workdir: Path) -> None:
         text=True,
         env=cli_env(),
     )
-    assert verify.returncode == 0 and "12 samples match" in verify.stdout, verify.stdout + verify.stderr
+    assert verify.returncode == 0 and "16 samples match" in verify.stdout, verify.stdout + verify.stderr
 
 
 @pytest.fixture(scope="module")

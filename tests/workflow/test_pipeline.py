@@ -80,14 +80,14 @@ def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None
     snapshot = yaml.safe_load(
         (
             workdir
-            / "runs/finetune/seg-depth_supervised-all-resnet18-synth_driving-64x96-v2-p4-n4-s1/run.yaml"
+            / "runs/finetune/seg-depth_supervised-all-resnet18-synth_driving-64x96-v3-p4-n4-s1/run.yaml"
         ).read_text()
     )
-    assert snapshot["init"]["run_id"] == "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
+    assert snapshot["init"]["run_id"] == "depth_supervised-resnet18-synth_driving-64x96-v3-p4-s0"
     # A finished run keeps no checkpoint, and training logs carry a progress bar.
     assert not list((workdir / "runs").rglob("checkpoint.pt"))
     pretrain_log = (
-        workdir / "logs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0.log"
+        workdir / "logs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-v3-p4-s0.log"
     ).read_text()
     assert "3/3 [" in pretrain_log
 
@@ -95,7 +95,7 @@ def test_results_have_every_seed_per_row(finished_run: tuple[Path, str]) -> None
 def test_verify_passes_on_the_pipeline_shards(finished_run: tuple[Path, str]) -> None:
     workdir, _ = finished_run
     sets = [
-        "shards/synth_driving/64x96-v2-p4",
+        "shards/synth_driving/64x96-v3-p4",
         "shards/synth_indoor/32x48-v1-p4",
         "shards/synth_ade/32x32-v1-p4",
         "shards/synth_sun/32x32-v1-p4",
@@ -108,11 +108,12 @@ def test_verify_passes_on_the_pipeline_shards(finished_run: tuple[Path, str]) ->
         env=cli_env(),
     )
     assert result.returncode == 0, result.stderr
-    # 2 training drives x 4 frames + 4 labelled frames; 2 rooms x 2 frames; 4 ADE and 4 SUN images.
-    assert "synth_driving/64x96-v2-p4: 12 samples match" in result.stdout
+    # 2 training drives x 4 frames + 4 labelled frames + 2 held-out video frames and their 2 neighbours;
+    # 2 rooms x 2 frames; 4 ADE and 4 SUN images.
+    assert "synth_driving/64x96-v3-p4: 16 samples match" in result.stdout
     assert "synth_indoor/32x48-v1-p4: 4 samples match" in result.stdout
     manifest = json.loads(
-        (workdir / "shards" / "synth_driving" / "64x96-v2-p4" / "manifest.json").read_text()
+        (workdir / "shards" / "synth_driving" / "64x96-v3-p4" / "manifest.json").read_text()
     )
     assert manifest["source_version"].startswith("geosem.sources.synthetic.driving:driving-v2+")
     assert (workdir / "raw" / "synth_driving" / "raw_data" / "2011_09_26" / "calib_cam_to_cam.txt").is_file()
@@ -153,8 +154,8 @@ def test_a_finetune_edit_reruns_exactly_the_finetunes_and_aggregation(finished_r
     workdir, _ = finished_run
     untouched = [
         workdir / "raw" / "synth_driving" / "geosem_world.json",
-        workdir / "shards" / "synth_driving" / "64x96-v2-p4" / "manifest.json",
-        workdir / "runs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0" / "model.pt",
+        workdir / "shards" / "synth_driving" / "64x96-v3-p4" / "manifest.json",
+        workdir / "runs" / "pretrain" / "depth_supervised-resnet18-synth_driving-64x96-v3-p4-s0" / "model.pt",
     ]
     before = {path: path.stat().st_mtime_ns for path in untouched}
     config_path = workdir / "config" / "tiny.yaml"
@@ -204,7 +205,7 @@ def test_the_workflow_versions_its_data_and_a_pulled_clone_does_not_rebuild_it(
         "raw/synth_indoor.dvc",
         "raw/synth_sun.dvc",
         "shards/synth_ade/32x32-v1-p4.dvc",
-        "shards/synth_driving/64x96-v2-p4.dvc",
+        "shards/synth_driving/64x96-v3-p4.dvc",
         "shards/synth_indoor/32x48-v1-p4.dvc",
         "shards/synth_sun/32x32-v1-p4.dvc",
     ]
@@ -217,12 +218,12 @@ def test_the_workflow_versions_its_data_and_a_pulled_clone_does_not_rebuild_it(
 
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(workdir), str(clone)], check=True, env=env)
-    assert not (clone / "shards" / "synth_driving" / "64x96-v2-p4").exists()
+    assert not (clone / "shards" / "synth_driving" / "64x96-v3-p4").exists()
     pulled = subprocess.run(
         [sys.executable, "-m", "dvc", "pull"], cwd=clone, capture_output=True, text=True, env=env
     )
     assert pulled.returncode == 0, pulled.stdout + pulled.stderr
-    shard_set = Path("shards/synth_driving/64x96-v2-p4")
+    shard_set = Path("shards/synth_driving/64x96-v3-p4")
     assert {p.name: p.read_bytes() for p in (clone / shard_set).iterdir()} == {
         p.name: p.read_bytes() for p in (workdir / shard_set).iterdir()
     }

@@ -42,8 +42,8 @@ from tests.helpers import (
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
-FINETUNE_ID = "seg-random-all-resnet18-synth_driving-64x96-v2-p4-n4-s0"
+PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-v3-p4-s0"
+FINETUNE_ID = "seg-random-all-resnet18-synth_driving-64x96-v3-p4-n4-s0"
 
 
 @dataclass

@@ -59,11 +59,11 @@ from tests.helpers import (
 
 pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 
-PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-v2-p4-s0"
+PRETRAIN_ID = "depth_supervised-resnet18-synth_driving-64x96-v3-p4-s0"
 RUN_DIR = Path("runs") / "pretrain" / PRETRAIN_ID
 TARGET = str(RUN_DIR / "metrics.json")  # one job writes model.pt, metrics.json and curves.csv
 TRAINING_LOG = Path("logs") / "pretrain" / f"{PRETRAIN_ID}.log"
-SHARDS = "shards/synth_driving/64x96-v2-p4"
+SHARDS = "shards/synth_driving/64x96-v3-p4"
 FAULT_CONFIG = "config/fault.yaml"  # each test's overlay on tiny.yaml and slurm.yaml
 
 # About 8 s of training on this machine: time enough to lose the node after its first checkpoint (step 10)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from geosem.studies import plan_runs
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 
 from tests.helpers import REPO, cli_env, job_counts, make_workdir
 
@@ -56,8 +56,8 @@ def _dry_run(workdir: Path, *args: str) -> dict[str, int]:
 def _config(*overlays: Path, **overrides: Any) -> dict[str, Any]:
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for overlay in overlays:
-        for key, value in yaml.safe_load(overlay.read_text()).items():
-            config[key] = {**config[key], **value} if isinstance(value, dict) else value
+        # Merged as Snakemake merges a --configfile: recursively (a preset may set one task's key).
+        update_config(config, yaml.safe_load(overlay.read_text()))
     config.update(overrides, study_dir=str(REPO / "config" / "studies"))
     validate(config, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
     return config
@@ -102,7 +102,7 @@ def test_the_full_scale_preset_expands_to_the_papers_grid(tmp_path: Path) -> Non
     # monodepth2's pre-training schedule: one drop to a tenth after 14 of 20 epochs.
     pre = next(iter(plan.pretrain.values()))["loop"]
     assert (pre["lr_schedule"], pre["lr_step_at"], pre["lr_step_factor"]) == ("step", 0.7, 0.1)
-    assert run["data"]["shards"].startswith("shards/kitti/192x640-v2")
+    assert run["data"]["shards"].startswith("shards/kitti/192x640-v3")
     assert {s["model"]["encoder"] for s in plan.finetune.values()} >= {"resnet18", "resnet50"}
 
 
@@ -113,6 +113,6 @@ def test_the_table4_cpu_preset_runs_every_offline_row_of_table4(tmp_path: Path) 
     assert (len(plan.finetune), len(plan.pretrain)) == EXPECTED["a_table4_methods"]
     assert {s["model"]["encoder"] for s in [*plan.pretrain.values(), *plan.finetune.values()]} == {"resnet50"}
     # The driving world's shards and the ADE20K-like set that supervised segmentation pre-trains on.
-    assert sorted(plan.shards) == ["synth_ade/64x192-v1", "synth_driving/64x192-v2"]
+    assert sorted(plan.shards) == ["synth_ade/64x192-v1", "synth_driving/64x192-v3"]
     counts = _dry_run(make_workdir(tmp_path), "--configfile", "config/presets/table4_cpu.yaml")
     assert (counts["pretrain"], counts["finetune"], counts["shards"]) == (7, 24, 2)

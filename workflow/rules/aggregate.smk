@@ -5,8 +5,9 @@
 rule aggregate:
     input:
         get_study_run_files,
-        # The study's pre-training table is built with it (so `all` includes it).
+        # The study's pre-training table and curves figure are built with it (so `all` includes them).
         pretrain_table=f"{RESULTS}/tables/pretrain/{{study}}.md",
+        pretrain_plot=f"{RESULTS}/plots/pretrain/{{study}}_curves.png",
     output:
         csv=report(
             f"{RESULTS}/tables/{{study}}.csv",
@@ -111,7 +112,8 @@ rule gradcam:
         "geosem gradcam --runs {params.runs} --out {output} --images {params.images} > {log} 2>&1"
 
 
-# The pre-trainings a study uses -> their depth quality on the test split (and flow / MAE scores).
+# The pre-trainings a study uses -> their depth quality on the test split (and flow / MAE scores), per
+# init over its pre-training seeds, and against step (from each run's curves.csv).
 
 
 rule aggregate_pretrain:
@@ -120,6 +122,13 @@ rule aggregate_pretrain:
     output:
         csv=f"{RESULTS}/tables/pretrain/{{study}}.csv",
         md=f"{RESULTS}/tables/pretrain/{{study}}.md",
+        plot=report(
+            f"{RESULTS}/plots/pretrain/{{study}}_curves.png",
+            caption="../report/pretrain_curves.rst",
+            category="Pre-training",
+            subcategory="{study}",
+            labels={"study": "{study}", "figure": "pre-training curves"},
+        ),
     log:
         "logs/aggregate/pretrain_{study}.log",
     localrule: True
@@ -129,4 +138,4 @@ rule aggregate_pretrain:
         runs=get_study_pretrain_runs,
     shell:
         "geosem aggregate-pretrain --study {wildcards.study} --runs {params.runs}"
-        " --csv {output.csv} --md {output.md} > {log} 2>&1"
+        " --csv {output.csv} --md {output.md} --plot {output.plot} > {log} 2>&1"

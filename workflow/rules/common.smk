@@ -139,10 +139,11 @@ def get_study_pretrain_runs(wildcards):
 
 
 def get_study_pretrain_files(wildcards):
+    # curves.csv: the pre-training table's scores against step and its curves figure.
     return [
         f"{run_dir}/{name}"
         for run_dir in get_study_pretrain_runs(wildcards)
-        for name in ("run.yaml", "metrics.json")
+        for name in ("run.yaml", "metrics.json", "curves.csv")
     ]
 
 

@@ -104,3 +104,35 @@ def plot_curves(curves: pd.DataFrame, out: Path, title: str, score: str = "test_
     axis.legend(fontsize=7)
     figure.tight_layout()
     _save(figure, out)
+
+
+def _band(axis: plt.Axes, frame: pd.DataFrame, column: str, label: str) -> None:
+    """One init's ``column`` against step: mean over its seeds, shaded +- SE where it has several."""
+    stats = frame.dropna(subset=[column]).groupby("step")[column].agg(["mean", "std", "count"])
+    se = (stats["std"] / stats["count"].pow(0.5)).fillna(0.0)
+    (line,) = axis.plot(stats.index, stats["mean"], marker=".", label=label)
+    axis.fill_between(stats.index, stats["mean"] - se, stats["mean"] + se, color=line.get_color(), alpha=0.2)
+
+
+def plot_pretrain_curves(curves: pd.DataFrame, out: Path, title: str, panels: dict[str, str]) -> None:
+    """Each pre-training's test scores against step (``geosem.aggregate.pretrain_steps``): one panel per
+    score column in ``panels`` (column -> axis label), one line per init ``label``, mean over its
+    pre-training seeds with a +- SE band; a study without a scored step gets a figure that says so."""
+    columns = min(3, max(1, len(panels)))
+    rows = max(1, -(-len(panels) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), dpi=120, squeeze=False)
+    for axis, (column, ylabel) in zip(axes.flat, panels.items(), strict=False):
+        for label, frame in curves.dropna(subset=[column]).groupby("label", sort=False):
+            _band(axis, frame, column, str(label))
+        axis.set_xlabel("pre-training step")
+        axis.set_ylabel(ylabel, fontsize=8)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=6)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_axis_off()
+    if not panels:
+        axis = axes[0, 0]
+        axis.text(0.5, 0.5, "no pre-training has a scored step", ha="center", transform=axis.transAxes)
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, out)

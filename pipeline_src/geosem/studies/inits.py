@@ -9,6 +9,10 @@ A pre-training normally trains on ``data.dataset``. A task that declares a param
 (``supervised_segmentation``: segmentation on another labelled dataset) trains on that dataset instead:
 :func:`pretrain_dataset` checks it, and the planner plans its shard set and data section and writes its
 ``label_space`` and ``num_classes`` into the task section (:func:`dataset_keys`).
+
+A pre-training normally trains at the study's pre-training resolution. A task class with a
+``plan_resolution`` (``depth_cropped``: its crops must be smaller than the images in both axes) picks its
+own from it and refuses, at plan time, a setting that cannot work (:func:`pretrain_resolution`).
 """
 
 from __future__ import annotations
@@ -143,3 +147,17 @@ def dataset_keys(task: dict[str, Any], label_space: str, classes: int) -> dict[s
     a fine-tune rebuilds the pre-training's model from the task and model sections alone (no data
     section), and that model's classifier has as many outputs as the pre-training dataset has classes."""
     return {"label_space": label_space, "num_classes": classes} if task.get("dataset") else {}
+
+
+def pretrain_resolution(task: dict[str, Any], resolution: tuple[int, int], where: str) -> tuple[int, int]:
+    """The (height, width) the pre-training ``task`` (a resolved task section) trains on: the study's
+    pre-training ``resolution``, or what the task class's ``plan_resolution`` makes of it (its own shard
+    set, planned like any other; the fine-tunes keep the study's resolution, the encoder being
+    resolution-agnostic)."""
+    from geosem.tasks import get_task
+
+    plan_resolution = getattr(get_task(task["name"]), "plan_resolution", None)
+    if plan_resolution is None:
+        return resolution
+    height, width = plan_resolution(task, resolution, where)
+    return height, width

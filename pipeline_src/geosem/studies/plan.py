@@ -33,6 +33,7 @@ from geosem.studies.inits import (
     dataset_keys,
     imagenet_weights,
     pretrain_dataset,
+    pretrain_resolution,
     pretrain_task_section,
     weights_init,
 )
@@ -155,6 +156,8 @@ class _Planner:
                 f"pretrain.tasks {sorted(tasks)}"
             )
         task = pretrain_task_section(self.config, init)
+        # First: a crop that cannot move is a config error, not a row left unavailable by missing weights.
+        resolution = pretrain_resolution(task, resolution, f"pretrain.tasks.{init}")
         # Checked before its shard set is planned: an unavailable row plans no data of its own.
         dataset = pretrain_dataset(task, self.dataset, f"pretrain.tasks.{init}")
         if task.get("encoder_init") == "imagenet":

@@ -62,6 +62,10 @@ class Task(ABC):
     name: ClassVar[str] = ""
     fields: ClassVar[tuple[str, ...]] = ()
     parameters: ClassVar[dict[str, Param]] = {}
+    # The shard split the task is evaluated on; None: the run's test split (data.test_split). A task
+    # whose score needs something the test split lacks (flow: frame pairs) names its own
+    # (``geosem.train.jobs.split_ids`` honours it and refuses a shard set without it).
+    evaluation_split: ClassVar[str | None] = None
 
     @classmethod
     def parameter_schema(cls) -> dict[str, Any]:

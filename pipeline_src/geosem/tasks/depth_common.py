@@ -20,10 +20,23 @@ from geosem.metrics.depth import DEPTH_CROPS, depth_metrics
 from geosem.models import build_dense_model
 from geosem.models.dense import DenseModel
 from geosem.shards.reader import ShardSet
-from geosem.tasks.base import iterate_batches
+from geosem.tasks.base import iterate_batches, param
 from geosem.tasks.photometric import sigmoid_to_depth, upsample
 
 DEPTH_SCALES = (0, 1, 2, 3)
+
+# monodepth2's heads start at sigmoid 0.5, i.e. a depth of about 2 min_depth (0.2 m over 0.1-100 m): every
+# pixel starts several nats from the scene (log-L1 ~4 on the driving world), and a stereo warp at that
+# depth shifts every pixel out of the image, so the first hundreds of steps only pull the output back
+# (docs/pretraining.md, "Convergence on the embedded world"). Starting the heads' bias at a typical
+# scene depth removes that phase; null keeps monodepth2's start.
+INITIAL_DEPTH = param(
+    10.0,
+    "Depth (m) the disparity heads predict before training (their bias); null: monodepth2's bias 0 "
+    "(sigmoid 0.5, about twice min_depth).",
+    type=["number", "null"],
+    exclusiveMinimum=0,
+)
 
 
 def build_depth_network(run: dict[str, Any], out_channels: int = 1) -> DenseModel:
@@ -32,7 +45,7 @@ def build_depth_network(run: dict[str, Any], out_channels: int = 1) -> DenseMode
     init = params.get("encoder_init", "random")
     if init not in ("random", "imagenet"):
         raise ValueError(f"task.encoder_init must be 'random' or 'imagenet', got {init!r}")
-    return build_dense_model(
+    model = build_dense_model(
         run["model"]["encoder"],
         out_channels,
         decoder_channels=tuple(run["model"]["decoder_channels"]),
@@ -40,6 +53,22 @@ def build_depth_network(run: dict[str, Any], out_channels: int = 1) -> DenseMode
         pretrained_encoder=init == "imagenet",
         weights_file=params.get("weights_file"),
     )
+    initial_depth = params.get("initial_depth")
+    if out_channels == 1 and initial_depth is not None:
+        start_heads_at_depth(model, initial_depth, params["min_depth"], params["max_depth"])
+    return model
+
+
+def start_heads_at_depth(model: DenseModel, depth: float, min_depth: float, max_depth: float) -> None:
+    """Set every head's bias to the logit whose sigmoid maps to ``depth`` (``sigmoid_to_depth``'s inverse)."""
+    if not min_depth < depth < max_depth:
+        raise ValueError(f"task.initial_depth {depth} must lie inside ({min_depth}, {max_depth})")
+    min_disp, max_disp = 1.0 / max_depth, 1.0 / min_depth
+    share = (1.0 / depth - min_disp) / (max_disp - min_disp)
+    logit = float(np.log(share / (1.0 - share)))
+    with torch.no_grad():
+        for head in model.heads.values():
+            head.bias.fill_(logit)
 
 
 def depth_at_full_resolution(

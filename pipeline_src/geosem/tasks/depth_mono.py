@@ -41,6 +41,7 @@ from geosem.tasks import register_task
 from geosem.tasks.base import ENCODER_INIT_IMAGENET, HFLIP, MAX_DEPTH, MIN_DEPTH, Param, Task, param
 from geosem.tasks.depth_common import (
     DEPTH_SCALES,
+    INITIAL_DEPTH,
     build_depth_network,
     depth_at_full_resolution,
     evaluate_depth,
@@ -188,6 +189,7 @@ class PhotometricDepth(Task):
     parameters: ClassVar[dict[str, Param]] = {
         "min_depth": MIN_DEPTH,
         "max_depth": MAX_DEPTH,
+        "initial_depth": INITIAL_DEPTH,
         "hflip": HFLIP,
         "smoothness": param(
             SMOOTHNESS_WEIGHT, "Edge-aware smoothness weight (divided by 2^scale).", type="number", minimum=0

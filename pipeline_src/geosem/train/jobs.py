@@ -53,7 +53,8 @@ def split_ids(shards: ShardSet, run: Snapshot) -> tuple[list[str], list[str]]:
     ``heldout`` (default): pre-training uses the whole train split, fine-tuning a seeded few-shot subset
     of it (``few_shot_subset``); the test set is the held-out test split, the same for every N.
     ``legacy`` (fine-tuning only): ``legacy_split`` of the test split. ``test_stride`` thins the test ids
-    under both rules.
+    under both rules. A task that names its ``evaluation_split`` (flow: ``heldout_video``) is evaluated
+    on that split instead (``evaluation_split_ids``).
     """
     data, run_id = run["data"], run["run_id"]
     rule = data.get("split_rule", "heldout")
@@ -74,7 +75,33 @@ def split_ids(shards: ShardSet, run: Snapshot) -> tuple[list[str], list[str]]:
             test = labelled
     else:
         raise ValueError(f"run {run_id!r}: unknown run kind {run['kind']!r}")
+    test = evaluation_split_ids(shards, run, test)
     return train_ids, test[:: data["test_stride"]]
+
+
+def evaluation_split_ids(shards: ShardSet, run: Snapshot, default: list[str]) -> list[str]:
+    """The ids of the split the run's task names (``Task.evaluation_split``), else ``default``.
+
+    A shard set without that split is an error here, before any step: evaluating nothing would report
+    no score (flow's "0 pairs" of KITTI's neighbour-less labelled frames) after a whole training.
+    """
+    split = get_task(run["task"]["name"]).evaluation_split
+    if split is None:
+        return default
+    if run["data"].get("split_rule", "heldout") != "heldout":
+        raise ValueError(
+            f"run {run['run_id']!r}: task {run['task']['name']!r} is evaluated on split {split!r}, which "
+            "the legacy split rule (a split of the labelled test set) cannot give"
+        )
+    ids = shards.ids(split)
+    if not ids:
+        raise ValueError(
+            f"run {run['run_id']!r}: task {run['task']['name']!r} is evaluated on split {split!r}, but "
+            f"shard set {shards.root} (converter {shards.manifest.converter_version}) holds only "
+            f"{shards.manifest.splits}; convert it again with the current converter (kitti writes "
+            "heldout_video from version 3 on)"
+        )
+    return ids
 
 
 def test_ids(shards: ShardSet, run: Snapshot) -> list[str]:

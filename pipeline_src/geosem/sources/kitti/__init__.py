@@ -17,7 +17,13 @@ Reads the layouts exactly as KITTI's archives extract (docs/datasets.md section 
 Splits: ``test`` is the labelled set (image and label from ``data_semantics``; right image, depth, lidar
 and pose from the raw frame the mapping names); ``train`` is every frame of every raw drive that the
 mapping does *not* name, so no scene of the labelled test set ever reaches pre-training or the few-shot
-pool. Sequence neighbours are ``prev_id``/``next_id`` within a drive.
+pool. Sequence neighbours are ``prev_id``/``next_id`` within a drive. The labelled frames stand alone
+(no neighbours), so tasks that evaluate on frame pairs (flow) get their own held-out split from the
+drives the mapping names: ``heldout_video`` holds ``video_frames`` frames (default 100, spread evenly
+over those drives and within each, never a drive's first or last frame) with ``prev_id``/``next_id``;
+their neighbours that are not themselves in it are stored as ``heldout_context`` (no links of their own,
+so no reader takes them for a pair). Both come from held-out drives only, so neither ever meets
+``train``; they share scenes (and may share raw frames) with ``test``, which is fine, as neither trains.
 
 Fields: ``image``, ``right``, ``depth`` (annotated), ``depth_lidar`` (the frame's velodyne scan
 projected with ``P_rect_02 R_rect_00 [R|T]`` at the stored resolution, nearest return per pixel),
@@ -71,7 +77,11 @@ from geosem.sources.kitti.files import (
     read_velodyne,
 )
 
-CONVERTER_VERSION = "2"
+# 3: the held-out video splits (heldout_video, heldout_context) and the parameter video_frames.
+CONVERTER_VERSION = "3"
+VIDEO_SPLIT = "heldout_video"
+CONTEXT_SPLIT = "heldout_context"
+VIDEO_FRAMES = 100  # evaluation pairs: enough for a stable mean EPE, cheap to evaluate every eval_every
 LABEL_SPACE = "cityscapes19"
 _ID_TO_TRAIN = cityscapes_id_to_train_id()
 
@@ -198,6 +208,43 @@ class _Layout:
         # A training drive's reader is not needed again: only held-out drives feed the labelled set.
         self._readers.pop(name, None)
 
+    def video_centres(self, total: int) -> dict[str, list[int]]:
+        """Positions (into each held-out drive's frame list) of the ``heldout_video`` frames: ``total``
+        spread evenly over the held-out drives (sorted by name), then evenly over each drive's frames that
+        have both neighbours, as the world spreads the labelled frames."""
+        names = sorted(self.heldout)
+        if not names:  # a mapping without any raw frame: no held-out drive to draw pairs from
+            return {}
+        counts = [total // len(names) + (1 if k < total % len(names) else 0) for k in range(len(names))]
+        centres = {}
+        for name, count in zip(names, counts, strict=True):
+            frames = len(self.reader(name).frames)
+            if count == 0 or frames < 3:
+                continue
+            positions = np.round(np.linspace(1, frames - 2, count)).astype(int)
+            centres[name] = sorted(set(positions.tolist()))
+        return centres
+
+    def write_heldout_video(self, writer: ShardWriter, total: int) -> None:
+        """The ``heldout_video`` frames, linked to their neighbours, and those neighbours
+        (``heldout_context``, unlinked: only a ``heldout_video`` frame is a pair to evaluate)."""
+        for name, centres in self.video_centres(total).items():
+            r = self.reader(name)
+            ids = [r.drive.sample_id(f) for f in r.frames]
+            stored = sorted({k + step for k in centres for step in (-1, 0, 1)})
+            for k in stored:
+                centre = k in centres
+                meta = {
+                    "id": ids[k],
+                    "split": VIDEO_SPLIT if centre else CONTEXT_SPLIT,
+                    "sequence": name,
+                    "frame": r.frames[k],
+                    "prev_id": ids[k - 1] if centre else None,
+                    "next_id": ids[k + 1] if centre else None,
+                    **_camera_meta(r, r.frames[k]),
+                }
+                writer.add(r.fields(r.frames[k]), meta)
+
     def write_labelled_set(self, writer: ShardWriter) -> None:
         """The labelled images (the test split), with their raw frame's fields where the mapping has one."""
         for name in sorted(p.name for p in (self.semantics / "image_2").glob("*_10.png")):
@@ -239,16 +286,27 @@ def convert_kitti(
     samples_per_part: int = 256,
     progress: bool = True,
     label_interpolation: str = "nearest",
+    video_frames: int = VIDEO_FRAMES,
 ) -> Path:
     """Convert a KITTI tree (real or the synthetic world's) into the shard set ``out_dir``.
 
     ``label_interpolation``: ``nearest`` (default) or ``bicubic``, the seed code's label resizing that
     only the legacy protocol of study A uses (``geosem.sources.common.resize_label_ids``). It applies to
     every label of the set and is recorded in the manifest's parameters.
+
+    ``video_frames``: how many held-out frames the ``heldout_video`` split holds (0: none; fewer when the
+    held-out drives have fewer frames with both neighbours), recorded in the manifest's parameters.
     """
+    if video_frames < 0:
+        raise ValueError(f"video_frames must be >= 0, got {video_frames}")
     root = Path(raw_dir)
     layout = _Layout(root, height, width, label_interpolation)
-    parameters = {"height": height, "width": width, "label_interpolation": label_interpolation}
+    parameters = {
+        "height": height,
+        "width": width,
+        "label_interpolation": label_interpolation,
+        "video_frames": video_frames,
+    }
     with ShardWriter(
         out_dir,
         dataset=dataset,
@@ -260,11 +318,14 @@ def convert_kitti(
         samples_per_part=samples_per_part,
     ) as writer:
         train_drives = [name for name in layout.drives if name not in layout.heldout]
-        bar = tqdm(total=len(train_drives) + 1, desc=f"convert {dataset}", disable=not progress)
+        bar = tqdm(total=len(train_drives) + 2, desc=f"convert {dataset}", disable=not progress)
         for name in train_drives:
             layout.write_train_drive(writer, name)
             bar.update(1)
         layout.write_labelled_set(writer)
+        bar.update(1)
+        # Last, so every train and test sample keeps the part and row it had in version 2.
+        layout.write_heldout_video(writer, video_frames)
         bar.update(1)
         bar.close()
     return Path(out_dir)
