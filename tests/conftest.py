@@ -20,39 +20,36 @@ def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_driving_world(TINY_WORLD, out)
 
 
+def _tiny_driving_shards(
+    tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory, height: int, width: int
+) -> Path:
+    """The tiny driving world through the KITTI converter at ``height`` x ``width``, 5 samples per part."""
+    out = tmp_path_factory.mktemp("shards") / "synth_driving" / f"{height}x{width}"
+    return convert(
+        "kitti",
+        tiny_raw,
+        out,
+        height=height,
+        width=width,
+        dataset="synth_driving",
+        samples_per_part=5,
+        progress=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 samples at 64x96 through the KITTI converter: train = the 8 frames of the training drives,
     test = the 4 labelled frames (one held-out drive), heldout_video = 2 frames of the held-out drive and
     heldout_context = their 2 neighbours; 5 samples per part (4 parts)."""
-    out = tmp_path_factory.mktemp("shards") / "synth_driving" / "64x96"
-    return convert(
-        "kitti",
-        tiny_raw,
-        out,
-        height=64,
-        width=96,
-        dataset="synth_driving",
-        samples_per_part=5,
-        progress=False,
-    )
+    return _tiny_driving_shards(tiny_raw, tmp_path_factory, 64, 96)
 
 
 @pytest.fixture(scope="session")
 def tiny_tall_shards(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny world at 96x128 (upsampled from its 64x96 render): larger than depth_cropped's 64x64
     crop in both axes, which the 64x96 set is not (the task refuses a crop that cannot move)."""
-    out = tmp_path_factory.mktemp("shards") / "synth_driving" / "96x128"
-    return convert(
-        "kitti",
-        tiny_raw,
-        out,
-        height=96,
-        width=128,
-        dataset="synth_driving",
-        samples_per_part=5,
-        progress=False,
-    )
+    return _tiny_driving_shards(tiny_raw, tmp_path_factory, 96, 128)
 
 
 @pytest.fixture(scope="session")

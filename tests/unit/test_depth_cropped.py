@@ -12,30 +12,12 @@ import pytest
 import torch
 import yaml
 from geosem.shards.reader import ShardDataset, ShardSet
-from geosem.sources import convert
 from geosem.studies import plan_runs
 from geosem.tasks import get_task
 
 from tests.helpers import pretrain_task, run_snapshot, validated_config
 
 CROP = 64  # the default crop, [64, 64]: the smallest the network takes
-
-
-@pytest.fixture(scope="module")
-def tall_shards(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny world (rendered 64x96) converted at 96x128: images larger than the crop in both axes,
-    which the tiny 64x96 set is not."""
-    out = tmp_path_factory.mktemp("shards") / "synth_driving" / "96x128"
-    return convert(
-        "kitti",
-        tiny_raw,
-        out,
-        height=96,
-        width=128,
-        dataset="synth_driving",
-        samples_per_part=5,
-        progress=False,
-    )
 
 
 def _cropped(**overrides: Any) -> Any:
@@ -85,12 +67,12 @@ def _offset(full: torch.Tensor, crop: torch.Tensor) -> tuple[int, int]:
     return found
 
 
-def test_depth_cropped_trains_on_real_shards_taller_than_its_crop(tall_shards: Path) -> None:
+def test_depth_cropped_trains_on_real_shards_taller_than_its_crop(tiny_tall_shards: Path) -> None:
     torch.set_num_threads(1)  # the CPUs are shared with training runs
     task_section = pretrain_task("depth_cropped", hflip=False)  # unflipped: each crop lies in its image
-    run = run_snapshot(tall_shards, "pretrain", "depth_cropped-test", task=task_section, seed=0)
+    run = run_snapshot(tiny_tall_shards, "pretrain", "depth_cropped-test", task=task_section, seed=0)
     task = get_task("depth_cropped")(run)
-    shards = ShardSet(tall_shards)
+    shards = ShardSet(tiny_tall_shards)
     ids = shards.ids("train")
     whole = ShardDataset(shards, ids, task.fields, seed=0)
     cropped = ShardDataset(shards, ids, task.fields, transform=task.transform, seed=0)
