@@ -57,6 +57,20 @@ def test_a_pretrain_loop_edit_changes_only_the_pretraining_snapshot() -> None:
     assert list(edited.pretrain) == list(base.pretrain)
 
 
+def test_an_init_trains_with_its_own_loop_settings_over_the_shared_ones() -> None:
+    config = validated_config()
+    config["pretrain"]["tasks"]["depth_supervised"]["loop"] = {"lr": 1e-3, "lr_schedule": "cosine"}
+    (run,) = plan_runs(config).pretrain.values()
+    assert (run["loop"]["lr"], run["loop"]["lr_schedule"]) == (1e-3, "cosine")
+    assert run["loop"]["steps"] == config["pretrain"]["steps"]  # the rest stays shared
+    assert "loop" not in run["task"]  # loop settings are not task parameters
+    config["pretrain"]["tasks"]["depth_supervised"]["loop"] = {"learning_rate": 1e-3}
+    with pytest.raises(KeyError, match=r"pretrain.tasks.depth_supervised.loop: unknown key.*learning_rate"):
+        plan_runs(config)
+    with pytest.raises(WorkflowError):  # the schema refuses it as well
+        validate(config, str(CONFIG_SCHEMA))
+
+
 def test_two_studies_share_identical_runs_and_refuse_conflicting_ones(tmp_path: Path) -> None:
     studies = tmp_path / "studies"
     studies.mkdir()

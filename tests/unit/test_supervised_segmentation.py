@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from geosem.studies import plan_runs
+from geosem.studies import inits, plan_runs
 from geosem.studies.inits import dataset_keys, pretrain_task_section
 from geosem.tasks import get_task
 from geosem.train.jobs import run_job
@@ -54,21 +54,29 @@ def test_it_is_planned_on_the_other_datasets_shards_and_label_space(tmp_path: Pa
     assert all("-from96x320-" in run_id for run_id in plan.finetune)
 
 
-def test_missing_or_stand_in_pretraining_data_makes_the_row_unavailable(tmp_path: Path) -> None:
-    # The paper's data (MS-COCO, here COCO-Stuff) has no converter yet: unavailable, naming what is missing.
+def test_missing_or_stand_in_pretraining_data_makes_the_row_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The paper's data (MS-COCO, here COCO-Stuff) has a converter: the pre-training is planned on it.
     config = _config(tmp_path, ["random", "supervised_segmentation"])
     config["pretrain"]["tasks"]["supervised_segmentation"] = {"dataset": "coco_stuff"}
     plan = plan_runs(config)
+    assert list(plan.pretrain) == ["supervised_segmentation-resnet18-coco_stuff-64x192-v1-s0"]
+    assert not plan.unavailable.get("s")
+    # A dataset GeoSem cannot convert yet: unavailable, naming what is missing, and nothing planned.
+    monkeypatch.setattr(inits, "MISSING_DATASETS", {"mscoco": "the MS-COCO converter (issue 12)"})
+    config["pretrain"]["tasks"]["supervised_segmentation"] = {"dataset": "mscoco"}
+    plan = plan_runs(config)
     (row,) = plan.unavailable["s"]
     assert row["init"] == "supervised_segmentation"
-    assert "coco_stuff" in row["reason"] and "COCO-Stuff" in row["reason"] and "issue 12" in row["reason"]
-    assert not plan.pretrain and not any(key.startswith("coco_stuff") for key in plan.shards)
+    assert "mscoco" in row["reason"] and "MS-COCO converter" in row["reason"]
+    assert not plan.pretrain and not any(key.startswith("mscoco") for key in plan.shards)
     # Studies on a real dataset never pre-train on an embedded world in its place (full scale: KITTI).
     config = _config(tmp_path, ["random", "supervised_segmentation"])
     config["data"] = {**config["data"], "dataset": "kitti", "extra": []}
     plan = plan_runs(config)
     (row,) = plan.unavailable["s"]
-    assert "stand-in" in row["reason"] and "coco_stuff" in row["reason"] and "issue 12" in row["reason"]
+    assert "stand-in" in row["reason"] and "`dataset: coco_stuff`" in row["reason"]
     assert list(plan.shards) == ["kitti/64x192-v3"]
 
 

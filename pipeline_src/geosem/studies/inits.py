@@ -27,12 +27,7 @@ from geosem.studies.grid import BASELINE_INITS
 # Datasets a pre-training may name that GeoSem cannot convert yet, with what is missing: a row naming one
 # is reported unavailable (never replaced by another dataset). An entry is ignored once the dataset's
 # converter is registered, so it needs no removal when the converter lands.
-MISSING_DATASETS = {
-    "coco_stuff": (
-        "the COCO-Stuff 164k converter (geosem.sources.coco_stuff, issue 12; layout and encoding in "
-        "docs/datasets.md 4.4) and the raw files in raw/coco_stuff"
-    ),
-}
+MISSING_DATASETS: dict[str, str] = {}  # none since COCO-Stuff's converter landed (issue 12)
 
 
 class Unavailable(Exception):
@@ -47,8 +42,23 @@ def pretrain_task_section(config: dict[str, Any], init: str) -> dict[str, Any]:
     from geosem.tasks import resolve_parameters
 
     entry = copy.deepcopy(config["pretrain"]["tasks"][init])
+    entry.pop("loop", None)  # the init's own loop settings: pretrain_loop_section
     task = entry.get("task") or init
     return {"name": task, "init": init, **resolve_parameters(task, entry, f"pretrain.tasks.{init}")}
+
+
+def pretrain_loop_section(config: dict[str, Any], init: str) -> dict[str, Any]:
+    """The pretrain section as init ``init`` trains with it: ``pretrain.tasks.<init>.loop`` over the shared
+    loop settings (each task learns at its own rate: a from-scratch network under dense supervision takes
+    a rate that stalls a pose network)."""
+    from geosem.studies.plan import LOOP_KEYS, STEP_SCHEDULE_KEYS
+
+    own = config["pretrain"]["tasks"][init].get("loop") or {}
+    known = [*LOOP_KEYS, *STEP_SCHEDULE_KEYS]
+    unknown = sorted(set(own) - set(known))
+    if unknown:
+        raise KeyError(f"pretrain.tasks.{init}.loop: unknown key(s) {unknown}; known: {known}")
+    return {**config["pretrain"], **own}
 
 
 def check_init_names(config: dict[str, Any]) -> None:
@@ -135,6 +145,7 @@ def check_task_entries(config: dict[str, Any]) -> None:
 
     known = datasets()
     for init in config["pretrain"]["tasks"]:
+        pretrain_loop_section(config, init)
         dataset = pretrain_task_section(config, init).get("dataset")
         if dataset and dataset not in known and dataset not in MISSING_DATASETS:
             raise KeyError(

@@ -6,8 +6,8 @@ every fine-tune (and every study) that uses it. Each run gets a snapshot (``geos
 resolved config that its trainer reads and nothing else, and an id built from the grid axes only, so it
 is stable across edits of unrelated parameters and readable in a directory listing:
 
-    pretrain:  depth_supervised-resnet18-synth_driving-64x192-v2-s0
-    finetune:  seg-depth_supervised-all-resnet18-synth_driving-64x192-v2-n16-s0
+    pretrain:  depth_supervised-resnet18-synth_driving-64x192-v3-s0
+    finetune:  seg-depth_supervised-all-resnet18-synth_driving-64x192-v3-n16-s0
 
 Because the snapshot holds exactly the parameters a run depends on, editing one fine-tuning parameter
 changes exactly the fine-tuning snapshots, and the workflow reruns exactly those runs and what follows.
@@ -33,6 +33,7 @@ from geosem.studies.inits import (
     dataset_keys,
     imagenet_weights,
     pretrain_dataset,
+    pretrain_loop_section,
     pretrain_resolution,
     pretrain_task_section,
     weights_init,
@@ -129,7 +130,7 @@ class _Planner:
             "height": height,
             "width": width,
             "label_space": label_space,
-            "num_classes": num_classes(label_space),
+            "num_classes": num_classes(label_space) if label_space else 0,  # depth-only sets (DIODE)
             "train_split": "train",
             "test_split": "test",
             "test_stride": self.config["evaluation"]["test_stride"],
@@ -174,7 +175,7 @@ class _Planner:
             "task": task,
             "model": model,
             "data": data,
-            "loop": _loop(self.config["pretrain"]),
+            "loop": _loop(pretrain_loop_section(self.config, init)),
             # Only pre-trainings score depth: the crop stays out of fine-tuning snapshots.
             "evaluation": {**self.evaluation, "depth_crop": self.config["evaluation"]["depth_crop"]},
             "compute": self.compute,

@@ -5,8 +5,9 @@ The dense model (encoder + decoder + a full-resolution classifier) is trained fo
 transferred like every other init: encoder and decoder are kept and the fine-tune replaces the
 classifier, since the two class spaces differ. The paper trained on MS-COCO; here the task parameter
 ``dataset`` names the dataset (default the embedded ADE20K-like world ``synth_ade``, 150 classes). At
-full scale it stands for COCO-Stuff (``coco_stuff``), whose converter does not exist yet: the planner
-reports such a row unavailable instead of pre-training on a synthetic stand-in.
+full scale it is COCO-Stuff (``coco_stuff``, 171 classes; set ``dataset: coco_stuff``): the planner
+reports a row that would pre-train on a synthetic world for a real-data study unavailable instead of
+using the world as a stand-in.
 
 A task parameter named ``dataset`` is how any task says "I train on another dataset than data.dataset"
 (``geosem.studies.inits``): the planner plans that dataset's shard set at the pre-training resolution,
@@ -50,7 +51,7 @@ class SupervisedSegmentation(Segmentation):
         "dataset": param(
             "synth_ade",
             "Labelled dataset to train on (`geosem datasets`), not the fine-tuning target; its own label "
-            "space and classes. Paper A: MS-COCO, i.e. coco_stuff (no converter yet, issue 12).",
+            "space and classes. Paper A: MS-COCO, i.e. coco_stuff on real data.",
             type="string",
             pattern="^[A-Za-z0-9_]+$",
         ),
