@@ -5,8 +5,8 @@ only config its trainer reads. The planner (``geosem.studies``) writes them; the
 and analysis read them through this module and nothing else, so none of them depends on the planner.
 
 A shard variant names one preprocessing of a dataset, ``shards/<dataset>/<variant>/``: resolution,
-converter version and the converter parameters that differ from their defaults. ``64x192-v2`` is a
-version-2 converter at 64x192, ``64x192-v2-bicubic`` its legacy label resize, ``64x192-v2-p16`` 16
+converter version and the converter parameters that differ from their defaults. ``64x192-v3`` is a
+version-3 converter at 64x192, ``64x192-v3-bicubic`` its legacy label resize, ``64x192-v3-p16`` 16
 samples per part. A new converter version or another parameter value therefore writes a new folder next
 to the old one and never overwrites a shard set (nor its DVC version) that earlier runs used.
 """

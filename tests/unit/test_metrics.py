@@ -135,3 +135,27 @@ def test_depth_evaluation_brings_predictions_to_the_ground_truths_size_and_state
     )
     assert scores["depth_eval_crop"] == "garg" and scores["depth_eval_max_depth"] == 80.0
     assert scores["depth_eval_resolution"] == "64x96" and scores["depth_images_scored"] > 0
+
+
+def test_a_metric_depth_mode_reports_median_scaled_scores_beside_its_own(tiny_shards: Path) -> None:
+    """A prediction right up to a global factor scores badly as metric depth and perfectly after median
+    scaling: both are reported, so metric modes compare with the scale-ambiguous ones."""
+    import torch
+    from geosem.shards.reader import ShardSet
+    from geosem.tasks.depth_common import evaluate_depth
+
+    shards = ShardSet(tiny_shards)
+    ids = shards.ids("test")
+    gt = {sample_id: torch.from_numpy(shards.read(sample_id, ["depth"])["depth"]) for sample_id in ids}
+    batches = iter([torch.stack([gt[i] for i in ids[start : start + 2]]) for start in range(0, len(ids), 2)])
+    run = {"evaluation": {"batch_size": 2, "max_depth": 80.0, "depth_crop": "none"}}
+    scores = evaluate_depth(
+        lambda image: next(batches) * 0.5,
+        run,
+        shards,
+        ids,
+        torch.device("cpu"),
+        median_scaling=False,
+    )
+    assert abs(scores["depth_abs_rel"] - 0.5) < 1e-6 and scores["depth_delta1"] == 0.0  # half the depth
+    assert scores["depth_median_scaled_abs_rel"] < 1e-6 and scores["depth_median_scaled_delta1"] == 1.0

@@ -24,10 +24,12 @@ from typing import Any
 import pandas as pd
 
 from geosem.atomic import atomic_write_text
-from geosem.metrics.depth import DEPTH_METRIC_NAMES
+from geosem.metrics.depth import DEPTH_METRIC_NAMES, MEDIAN_SCALED_PREFIX
 from geosem.snapshot import Snapshot, read_snapshot
 
 DEPTH_COLUMNS = DEPTH_METRIC_NAMES
+# The median-scaled scores every depth mode reports too, so metric and scale-ambiguous modes compare.
+SCALED_COLUMNS = ("ms_abs_rel", "ms_delta1")
 OTHER_SCORES = (
     "test_flow_epe",
     "test_flow_epe_zero",
@@ -40,7 +42,7 @@ OTHER_SCORES = (
     "test_dino_retrieval_untrained",
     "test_miou",
 )
-SCORE_COLUMNS = (*DEPTH_COLUMNS, *OTHER_SCORES)
+SCORE_COLUMNS = (*DEPTH_COLUMNS, *SCALED_COLUMNS, *OTHER_SCORES)
 # What makes two pre-training runs the same init, seeds apart: the planner's pre-training id is
 # <init>-<encoder>-<dataset>-<variant>-s<seed>, and the task name and encoder start come with the init.
 INIT_KEYS = ("init", "task", "encoder_init", "encoder", "dataset", "variant")
@@ -74,6 +76,7 @@ def _run_row(run_dir: Path) -> dict[str, Any]:
         "images_scored": metrics.get("depth_images_scored"),
     }
     row |= {name: metrics.get(f"depth_{name}") for name in DEPTH_COLUMNS}
+    row |= {name: metrics.get(MEDIAN_SCALED_PREFIX + name.removeprefix("ms_")) for name in SCALED_COLUMNS}
     row |= {name: metrics.get(name) for name in OTHER_SCORES}
     row["run_id"] = snapshot["run_id"]
     return row
@@ -163,7 +166,9 @@ def _summary_row(row: pd.Series) -> list[str]:
         if pd.notna(row[f"{name}_mean"])
     )
     cells = [row["init"], row["task"], row["encoder_init"], fmt(row["median_scaled"]), fmt(row["crop"])]
-    cells += [_mean_se_cell(row[f"{name}_mean"], row[f"{name}_se"]) for name in DEPTH_COLUMNS]
+    cells += [
+        _mean_se_cell(row[f"{name}_mean"], row[f"{name}_se"]) for name in (*DEPTH_COLUMNS, *SCALED_COLUMNS)
+    ]
     return [*cells, other or "–", row["encoder"], data_name(row) or "–", str(row["n_seeds"])]
 
 
@@ -173,8 +178,10 @@ SUMMARY_NOTE = (
     "The csv holds every pre-training run (column seed). "
     "Depth metrics of each pre-trained network on the ground-truth depth of the test split (per-image "
     "averages, evaluation depth cap, inside the crop named (garg: monodepth2's KITTI crop); delta_k = "
-    "share with max(g/p, p/g) < 1.25^k). Median scaling only "
-    "for scale-ambiguous monocular video (depth_mono); stereo uses the known baseline. Tasks without a "
+    "share with max(g/p, p/g) < 1.25^k). The metric columns use median scaling only "
+    "for scale-ambiguous monocular video (depth_mono); stereo uses the known baseline, supervision the "
+    "ground truth's scale. ms_abs_rel and ms_delta1 are every mode's scores after per-image median "
+    "scaling, which compare the depth structure across modes. Tasks without a "
     "depth output show their own score: flow end-point error in pixels (epe_zero: of a zero flow), "
     "masked-reconstruction L1 (masked_l1_mean: of filling each masked pixel with its image's mean visible "
     "colour), MoCo's top-1 retrieval of each test image's second view among the "
@@ -185,7 +192,8 @@ SUMMARY_NOTE = (
 def pretrain_markdown(table: pd.DataFrame, study: str, curves: pd.DataFrame | None = None) -> str:
     """The summary of the per-run ``table``; with ``curves`` (``collect_pretrain_curves``) the score at
     each evaluation step beneath it."""
-    header = ["init", "task", "encoder start", "median scaled", "crop", *DEPTH_COLUMNS, "other score"]
+    header = ["init", "task", "encoder start", "median scaled", "crop", *DEPTH_COLUMNS, *SCALED_COLUMNS]
+    header.append("other score")
     header += ["encoder", "data", "n"]
     lines = [
         f"### {study}: pre-training depth quality on the test split",

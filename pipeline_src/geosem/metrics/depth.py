@@ -19,6 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 DEPTH_METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "delta1", "delta2", "delta3")
+# A depth evaluation reports each metric as ``depth_<name>`` under its mode's protocol (median-scaled or
+# not) and ``depth_median_scaled_<name>`` after per-image median scaling whatever the mode.
+MEDIAN_SCALED_PREFIX = "depth_median_scaled_"
 # Scored regions as (top, bottom, left, right) fractions of the image. garg: the crop of Garg et al. that
 # monodepth2's KITTI evaluation applies (rows 0.4081-0.9919, columns 0.0359-0.9641; docs/protocols.md 2).
 DEPTH_CROPS: dict[str, tuple[float, float, float, float] | None] = {

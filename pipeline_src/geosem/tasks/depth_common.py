@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geosem.metrics.depth import DEPTH_CROPS, depth_metrics
+from geosem.metrics.depth import DEPTH_CROPS, DEPTH_METRIC_NAMES, MEDIAN_SCALED_PREFIX, depth_metrics
 from geosem.models import build_dense_model
 from geosem.models.dense import DenseModel
 from geosem.shards.reader import ShardSet
@@ -109,16 +109,15 @@ def evaluate_depth(
         preds.append(at_resolution(depth_fn(batch["image"]), gt.shape[-2:]).cpu().numpy())
         gts.append(gt.cpu().numpy())
     min_depth, max_depth = 1e-3, evaluation["max_depth"]
-    metrics = depth_metrics(
-        np.concatenate(gts),
-        np.concatenate(preds),
-        min_depth=min_depth,
-        max_depth=max_depth,
-        median_scaling=median_scaling,
-        crop=DEPTH_CROPS[crop],
-    )
+    settings = {"min_depth": min_depth, "max_depth": max_depth, "crop": DEPTH_CROPS[crop]}
+    gt_all, pred_all = np.concatenate(gts), np.concatenate(preds)
+    metrics = depth_metrics(gt_all, pred_all, median_scaling=median_scaling, **settings)
     out = {f"depth_{k}" if k != "images_scored" else "depth_images_scored": v for k, v in metrics.items()}
     out["depth_median_scaled"] = median_scaling
+    # Median-scaled scores for every mode too: they compare a metric mode's depth structure with the
+    # scale-ambiguous modes' on one footing (its own scale error is what the unscaled scores add).
+    scaled = metrics if median_scaling else depth_metrics(gt_all, pred_all, median_scaling=True, **settings)
+    out |= {f"{MEDIAN_SCALED_PREFIX}{k}": scaled[k] for k in DEPTH_METRIC_NAMES}
     out |= {"depth_eval_crop": crop, "depth_eval_min_depth": min_depth, "depth_eval_max_depth": max_depth}
     out["depth_eval_resolution"] = "x".join(str(int(side)) for side in gts[0].shape[-2:]) if gts else ""
     return out
