@@ -64,3 +64,32 @@ def test_pose_and_deeplab_take_their_encoders_normalisation() -> None:
     assert pose.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406] * 2)
     deeplab = build_deeplabv3(create_encoder("resnet18"), 19)
     assert deeplab.std.flatten().tolist() == pytest.approx([0.229, 0.224, 0.225])
+
+
+def test_the_pose_output_scale_multiplies_the_motion_the_decoder_predicts() -> None:
+    """pose_scale 1 is 100 times monodepth2's 0.01 on the same weights (axis-angle and translation), and
+    the depth_mono task hands its parameter to the pose network."""
+    import torch
+    from geosem.models.pose import PoseNet
+    from geosem.tasks import get_task
+
+    torch.manual_seed(0)
+    pose = PoseNet("resnet18").eval()
+    first, second = torch.rand(2, 3, 64, 96), torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        small = pose(first, second)
+        pose.output_scale = 1.0
+        large = pose(first, second)
+    assert torch.allclose(large[:, :3, 3], 100 * small[:, :3, 3], rtol=1e-3, atol=1e-7)
+    assert (large[:, :3, 3].norm(dim=1) > 0).all()
+    run = {
+        "task": {
+            "name": "depth_mono",
+            "pose_scale": 0.5,
+            "encoder_init": "random",
+            "min_depth": 0.1,
+            "max_depth": 100.0,
+        },
+        "model": {"encoder": "resnet18", "decoder_channels": [16, 32, 64, 128, 256]},
+    }
+    assert get_task("depth_mono")(run, torch.device("cpu")).build_model().pose.output_scale == 0.5

@@ -3,7 +3,10 @@
 ``separate_resnet`` / ``pairs`` (docs/protocols.md 2): the two frames are stacked along channels (temporal
 order), a ResNet encodes them (timm adapts an ImageNet conv1 to 6 channels by repeating its weights and
 scaling them by 3/6, i.e. monodepth2's "duplicated and halved"), and the decoder (1x1 squeeze to 256,
-two 3x3 convs + ReLU, 1x1 to 6) is averaged over space and scaled by 0.01: axis-angle and translation.
+two 3x3 convs + ReLU, 1x1 to 6) is averaged over space and scaled by ``output_scale`` (monodepth2 0.01):
+axis-angle and translation. With Adam the scale sets how fast the pose can grow: from scratch, 0.01 left
+the translation at 0.005 m per frame after 1000 steps where the world moves 0.8 m
+(docs/pretraining.md).
 """
 
 from __future__ import annotations
@@ -21,9 +24,14 @@ from geosem.models.vit import is_vit
 
 class PoseNet(nn.Module):
     def __init__(
-        self, encoder: str = "resnet18", pretrained: bool = False, weights_file: Path | str | None = None
+        self,
+        encoder: str = "resnet18",
+        pretrained: bool = False,
+        weights_file: Path | str | None = None,
+        output_scale: float = 0.01,
     ) -> None:
         super().__init__()
+        self.output_scale = output_scale
         if pretrained and weights_file is None:
             weights_file = resolve_imagenet_weights(encoder)  # a local file, never a download
         overlay = {"file": str(weights_file)} if pretrained else None
@@ -54,7 +62,7 @@ class PoseNet(nn.Module):
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """The 4x4 transform mapping points of ``first``'s camera into ``second``'s camera."""
         pair = (torch.cat([first, second], dim=1) - self.mean) / self.std
-        out = 0.01 * self.decoder(self.body(pair)[-1]).mean(dim=(2, 3))
+        out = self.output_scale * self.decoder(self.body(pair)[-1]).mean(dim=(2, 3))
         return pose_from_axis_angle(out[:, :3], out[:, 3:])
 
 

@@ -49,6 +49,15 @@ from geosem.tasks.depth_common import (
 from geosem.tasks.photometric import edge_aware_smoothness, mean_normalised, photometric_error
 
 SMOOTHNESS_WEIGHT = 1e-3  # monodepth2 --disparity_smoothness
+POSE_SCALE_MONODEPTH2 = 0.01
+POSE_SCALE = param(
+    POSE_SCALE_MONODEPTH2,
+    "Factor on the pose decoder's output (monodepth2 0.01). With Adam it sets how fast the pose can grow: "
+    "from scratch at 0.01 the translation reached 0.005 m per frame in 1000 steps where the world moves "
+    "0.8 m (docs/pretraining.md).",
+    type="number",
+    exclusiveMinimum=0,
+)
 IDENTITY_NOISE = 1e-5
 
 
@@ -223,7 +232,8 @@ class PhotometricDepth(Task):
         pose = None
         if self.use_video:
             pretrained = self.params.get("encoder_init", "random") == "imagenet"
-            pose = PoseNet(self.run["model"]["encoder"], pretrained, self.params.get("weights_file"))
+            encoder, weights = self.run["model"]["encoder"], self.params.get("weights_file")
+            pose = PoseNet(encoder, pretrained, weights, self.params.get("pose_scale", POSE_SCALE_MONODEPTH2))
         return SelfSupervisedDepthModel(build_depth_network(self.run), pose)
 
     def transfer_model(self, model: nn.Module) -> DenseModel:
@@ -355,6 +365,10 @@ class DepthMono(PhotometricDepth):
 
     fields = ("image", "image_prev", "image_next", "K")
     use_video = True
+    parameters: ClassVar[dict[str, Param]] = {
+        **PhotometricDepth.parameters,
+        "pose_scale": POSE_SCALE,
+    }
 
 
 STEREO_PARAMETERS: dict[str, Param] = {
@@ -386,4 +400,4 @@ class DepthMonoStereo(PhotometricDepth):
     fields = ("image", "image_prev", "image_next", "right", "right_prev", "right_next", "K", "baseline")
     use_video = True
     use_stereo = True
-    parameters: ClassVar[dict[str, Param]] = STEREO_PARAMETERS
+    parameters: ClassVar[dict[str, Param]] = {**STEREO_PARAMETERS, "pose_scale": POSE_SCALE}
