@@ -23,6 +23,14 @@ from geosem.shards.manifest import Manifest, read_manifest, sha256_of
 from geosem.shards.verify import ShardVerificationError, check_shard_set
 
 
+class MissingFieldError(KeyError):
+    """A sample was asked for a field it does not carry (its index flag ``has_<field>`` is false), or a
+    field its shard set does not hold at all. A KeyError, as before optional fields existed."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted, as if it were the key
+        return str(self.args[0]) if self.args else ""
+
+
 class ShardSet:
     """A shard set on disk: its manifest, its index, and random access to one sample's arrays."""
 
@@ -75,9 +83,23 @@ class ShardSet:
             self._handles[part] = handle
         return handle
 
-    def ids(self, split: str | None = None) -> list[str]:
-        frame = self.index if split is None else self.index[self.index["split"] == split]
-        return frame["id"].tolist()
+    def ids(self, split: str | None = None, having: Sequence[str] = ()) -> list[str]:
+        """Sample ids of ``split`` (None: all) in index order; ``having``: only samples whose
+        ``has_<field>`` flag is true for every field named (e.g. a depth-supervised training set on
+        real KITTI, whose first and last 5 frames of a drive have no annotated depth)."""
+        keep = np.ones(len(self.index), dtype=bool)
+        if split is not None:
+            keep &= (self.index["split"] == split).to_numpy()
+        for name in having:
+            keep &= self.has(name)
+        return self.index.loc[keep, "id"].tolist()
+
+    def has(self, name: str) -> np.ndarray:
+        """Per-sample flag (index order): does the sample carry stored field ``name``?"""
+        column = f"has_{name}"
+        if column not in self.index.columns:
+            return np.zeros(len(self.index), dtype=bool)
+        return self.index[column].fillna(False).to_numpy(dtype=bool)
 
     def row(self, sample_id: str) -> pd.Series:
         try:
@@ -86,13 +108,29 @@ class ShardSet:
             raise KeyError(f"sample {sample_id!r} is not in shard set {self.root}") from None
 
     def read(self, sample_id: str, fields: Sequence[str]) -> dict[str, np.ndarray]:
-        """Arrays of one sample; a field the sample lacks raises KeyError naming sample and field."""
+        """Arrays of one sample; a field the sample lacks raises MissingFieldError (a KeyError) naming
+        sample and field. Checked on the index before any part is opened: a lacking sample's row of the
+        field is an unwritten chunk that HDF5 would read back as zeros."""
         row = self.row(sample_id)
+        for name in fields:
+            if not row.get(f"has_{name}", False):
+                held = name in self.manifest.fields
+                why = (
+                    f"index column has_{name} is false: select samples with ShardSet.ids(..., "
+                    f"having=[{name!r}]) or ShardDataset(..., skip_missing=True)"
+                    if held
+                    else f"the set holds no field {name!r} at all (fields: {sorted(self.manifest.fields)})"
+                )
+                where = f"sample {sample_id!r} (split {row['split']!r}) in {self.root}"
+                raise MissingFieldError(f"{where} has no field {name!r}: {why}")
         handle = self._handle(row["part"])
         arrays = {}
         for name in fields:
-            if name not in handle or not row.get(f"has_{name}", False):
-                raise KeyError(f"sample {sample_id!r} in {self.root} has no field {name!r}")
+            if name not in handle:
+                raise MissingFieldError(
+                    f"sample {sample_id!r} in {self.root}: field {name!r} is flagged present but "
+                    f"{row['part']} holds no such dataset; run geosem verify {self.root}"
+                )
             arrays[name] = handle[name][int(row["row"])]
         return arrays
 
@@ -143,7 +181,9 @@ class ShardDataset(Dataset):
     ``image_prev`` / ``image_next`` (any stored field + ``_prev`` / ``_next``: the sequence neighbour's,
     samples without that neighbour are dropped from ``ids``), ``K`` (3x3 intrinsics), ``baseline`` and
     ``pose_to_prev`` / ``pose_to_next`` (4x4 ground-truth transforms of this camera's points into the
-    neighbour's camera). A key is an index
+    neighbour's camera). ``skip_missing``: leave out samples lacking a stored field that is read (their
+    own, or a neighbour's for ``*_prev`` / ``*_next``; index flags ``has_<field>``) instead of failing
+    when one is read (``MissingFieldError``). A key is an index
     or ``(index, draw)``; the transform gets a generator seeded from (seed, draw), so augmentation is
     reproducible whatever the worker count or resume point (the loop numbers every sample draw).
     """
@@ -155,6 +195,7 @@ class ShardDataset(Dataset):
         fields: Sequence[str] = ("image", "label"),
         transform: Transform | None = None,
         seed: int = 0,
+        skip_missing: bool = False,
     ) -> None:
         self.shards = shards if isinstance(shards, ShardSet) else ShardSet(shards)
         self.fields = tuple(fields)
@@ -166,6 +207,22 @@ class ShardDataset(Dataset):
             column for suffix, column in _NEIGHBOUR_COLUMNS.items() if any(f.endswith(suffix) for f in fields)
         ]
         self.ids = [i for i in ids if all(_present(self.shards.row(i)[c]) for c in needed)]
+        if skip_missing:
+            self.ids = [i for i in self.ids if self._carries(i)]
+
+    def _carries(self, sample_id: str) -> bool:
+        """Whether the sample (and the neighbours its context fields read) carries every stored field."""
+        row = self.shards.row(sample_id)
+        for name in self.fields:
+            if name in _INDEX_FIELDS:
+                continue
+            owner, stored = row, name
+            for suffix, column in _NEIGHBOUR_COLUMNS.items():
+                if name.endswith(suffix):
+                    owner, stored = self.shards.row(row[column]), name[: -len(suffix)]
+            if not owner.get(f"has_{stored}", False):
+                return False
+        return True
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -15,6 +15,14 @@ Index columns (``INDEX_COLUMNS``, one row per sample): id, split, sequence, fram
 ``prev_id``/``next_id`` (ids, not copies), intrinsics ``fx fy cx cy`` at the stored resolution,
 ``baseline`` (m) of the stereo pair; plus ``pose`` (camera-to-world, 16 floats), ``has_<field>`` flags,
 the part file and row, and per-class pixel counts.
+
+Optional fields, where a converter declares them (``ShardWriter(fields=...)``): a sample may lack a field
+of its set (a real KITTI frame without annotated depth, a raw frame without a label). Its ``has_<field>``
+flag is then false and its row of that field's HDF5 dataset is never written: the chunk stays unallocated
+(no bytes on disk; HDF5 reads it back as zeros, which no reader returns, ``ShardSet.read`` refuses it).
+Every part still holds every field of the manifest with one row per sample, so the manifest's row counts
+hold for every field. Without a declaration every sample must carry the same fields (all flags true), and
+such a set is written exactly as before optional fields existed (same bytes).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import hashlib
 import io
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +87,15 @@ class ShardWriter:
         label_space: str | None,
         parameters: dict[str, Any],
         samples_per_part: int = 256,
+        fields: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
+        """``fields``: optional fields. None (every converter before real KITTI): every sample carries
+        exactly the fields of the first one, and a sample that lacks one or adds one stops the conversion
+        naming it (in a synthetic world a missing file is damage). A mapping declares the fields the set
+        may hold, name -> per-sample shape (dtype from ``ARRAY_FIELDS``): each sample then carries any
+        non-empty subset of them (``has_<field>`` false for the others), a field may first appear after
+        parts were written (every part holds every declared field), and the manifest lists the declared
+        fields that some sample carries."""
         self.out_dir = Path(out_dir)
         self.staging = self.out_dir.with_name(f".{self.out_dir.name}.tmp-{os.getpid()}")
         if self.staging.exists():
@@ -96,6 +113,18 @@ class ShardWriter:
         self._rows: list[dict[str, Any]] = []
         self._parts: list[PartEntry] = []
         self._fields: dict[str, dict[str, Any]] | None = None
+        self._declared = fields is not None
+        if fields is not None:
+            unknown = sorted(set(fields) - set(ARRAY_FIELDS))
+            if unknown:
+                raise KeyError(
+                    f"{self.out_dir}: unknown declared fields {unknown}; known {sorted(ARRAY_FIELDS)}"
+                )
+            self._fields = {
+                name: {"dtype": str(ARRAY_FIELDS[name]), "shape": [int(side) for side in shape]}
+                for name, shape in fields.items()
+            }
+        self._carried: set[str] = set()  # fields at least one sample carries: the manifest lists these
         self._ids: set[str] = set()
 
     def __enter__(self) -> ShardWriter:
@@ -127,13 +156,13 @@ class ShardWriter:
         layout = {
             name: {"dtype": str(value.dtype), "shape": list(value.shape)} for name, value in checked.items()
         }
+        if not layout:
+            raise ValueError(f"sample {sample_id!r} in {self.out_dir} carries no array field")
         if self._fields is None:
             self._fields = layout
-        elif layout != self._fields:
-            raise ValueError(
-                f"sample {sample_id!r} has fields {layout}, but this shard set holds {self._fields}: "
-                "a variant has one resolution and one set of fields"
-            )
+        else:
+            self._check_layout(sample_id, layout)
+        self._carried.update(layout)
         counts: np.ndarray | None = None
         if "label" in checked and self.classes:
             counts = np.bincount(checked["label"].ravel(), minlength=IGNORE_INDEX + 1)
@@ -154,6 +183,37 @@ class ShardWriter:
         self._buffer.append(checked)
         if len(self._buffer) >= self.samples_per_part:
             self._flush()
+
+    def _check_layout(self, sample_id: str, layout: dict[str, dict[str, Any]]) -> None:
+        """Each field a sample carries has the set's dtype and shape (a variant has one resolution) and
+        is a field of the set; without declared fields a sample also carries every field of the set."""
+        assert self._fields is not None
+        if not self._declared and layout != self._fields:
+            lacking = sorted(set(self._fields) - set(layout))
+            extra = sorted(set(layout) - set(self._fields))
+            what = "".join(
+                [
+                    f", lacks {lacking}" if lacking else "",
+                    f", adds {extra}" if extra else "",
+                ]
+            )
+            raise ValueError(
+                f"sample {sample_id!r} has fields {layout}{what}, but this shard set holds {self._fields}: "
+                "a variant has one resolution and, unless the converter declares optional fields "
+                "(ShardWriter(fields=...)), one set of fields"
+            )
+        extra = sorted(set(layout) - set(self._fields))
+        if extra:
+            raise ValueError(
+                f"sample {sample_id!r} in {self.out_dir} carries field(s) {extra}, which this shard set was "
+                f"not declared with ({sorted(self._fields)})"
+            )
+        for name, spec in layout.items():
+            if spec != self._fields[name]:
+                raise ValueError(
+                    f"sample {sample_id!r} has field {name!r} as {spec}, but this shard set holds it as "
+                    f"{self._fields[name]}: a variant has one resolution and one layout per field"
+                )
 
     def _check_label(self, sample_id: str, counts: np.ndarray) -> None:
         """``counts``: pixels per train id of the sample's label (uint8, so ids 0..255)."""
@@ -205,10 +265,27 @@ class ShardWriter:
         image = io.BytesIO()
         with h5py.File(image, "w", track_order=False) as handle:
             for field_name, layout in self._fields.items():
-                stacked = np.stack([sample.pop(field_name) for sample in self._buffer])
                 chunks = (1, *layout["shape"])
-                handle.create_dataset(field_name, data=stacked, chunks=chunks, track_times=False)
-                del stacked
+                present = [k for k, sample in enumerate(self._buffer) if field_name in sample]
+                if len(present) == samples:
+                    # Every sample carries it: the one call the format always made, so such sets keep
+                    # their bytes (and their DVC checksums) whatever optional fields other sets have.
+                    stacked = np.stack([sample.pop(field_name) for sample in self._buffer])
+                    handle.create_dataset(field_name, data=stacked, chunks=chunks, track_times=False)
+                    del stacked
+                    continue
+                # Some samples lack it: one row per sample all the same (row = the sample's row), but
+                # only the carried rows are written, so the others' chunks are never allocated.
+                dataset = handle.create_dataset(
+                    field_name,
+                    shape=(samples, *layout["shape"]),
+                    dtype=layout["dtype"],
+                    chunks=chunks,
+                    fillvalue=0,
+                    track_times=False,
+                )
+                for k in present:
+                    dataset[k] = self._buffer[k].pop(field_name)
         self._buffer = []
         data = image.getbuffer()
         self._write_file(self.staging / name, data)
@@ -238,7 +315,9 @@ class ShardWriter:
             converter_version=self.converter_version,
             label_space=self.label_space,
             classes=self.classes,
-            fields=self._fields or {},
+            # Declared fields no sample carries are left out: readers test "field in manifest.fields"
+            # for what a set holds (flow: "dynamic").
+            fields={name: spec for name, spec in (self._fields or {}).items() if name in self._carried},
             parameters=self.parameters,
             num_samples=len(frame),
             splits={str(k): int(v) for k, v in frame["split"].value_counts().sort_index().items()},

@@ -52,6 +52,9 @@ class DateCalibration:
     size: tuple[int, int]  # (height, width) from S_rect_02
     cam2_from_velo: np.ndarray  # (4,4)
     cam2_from_imu: np.ndarray  # (4,4)
+    # (3,4) P_rect_02 R_rect_00 [R|T]_velo_to_cam, as monodepth2's generate_depth_map composes it: the
+    # Eigen test split's ground truth is projected with this very product (geosem.sources.kitti.eigen).
+    velo_to_image: np.ndarray | None = None
 
     @property
     def intrinsics(self) -> tuple[float, float, float, float]:
@@ -89,6 +92,7 @@ def read_date_calibration(date_dir: Path) -> DateCalibration:
         size=(round(height), round(width)),
         cam2_from_velo=cam2_from_velo,
         cam2_from_imu=cam2_from_velo @ velo_from_imu,
+        velo_to_image=p2 @ rect @ cam0_from_velo,
     )
 
 
@@ -258,7 +262,3 @@ def depth_path(root: Path, drive: Drive, frame: int) -> Path | None:
         for split in ("train", "val")
     ]
     return next((p for p in candidates if p.is_file()), None)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Conversion
