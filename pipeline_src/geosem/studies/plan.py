@@ -39,6 +39,7 @@ from geosem.studies.inits import (
     weights_init,
 )
 from geosem.studies.protocols import protocol_settings
+from geosem.train.fast_path import FAST_PATH_DEFAULTS
 
 if TYPE_CHECKING:
     import jsonschema
@@ -96,7 +97,11 @@ class _Planner:
         self.dataset = self.data_cfg["dataset"]
         self.label_space = dataset_spec(self.dataset).label_space  # the studies' (fine-tuning) label space
         self.evaluation = {key: config["evaluation"][key] for key in ("batch_size", "max_depth")}
-        self.compute = {"num_workers": config["compute"]["num_workers"]}
+        compute = config["compute"]
+        # The fast path changes a run's numbers (bf16): in the snapshot, but only where set, so that
+        # adding the keys changed no existing run.
+        fast = {k: compute[k] for k, v in FAST_PATH_DEFAULTS.items() if compute.get(k, v) != v}
+        self.compute = {"num_workers": compute["num_workers"], **fast}
 
     def shard_set(self, name: str, height: int, width: int, label_interpolation: str = "nearest") -> str:
         """Plan one shard set (once) and return its folder."""

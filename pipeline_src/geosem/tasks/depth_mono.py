@@ -47,6 +47,7 @@ from geosem.tasks.depth_common import (
     evaluate_depth,
 )
 from geosem.tasks.photometric import edge_aware_smoothness, mean_normalised, photometric_error
+from geosem.train.fast_path import full_precision
 
 SMOOTHNESS_WEIGHT = 1e-3  # monodepth2 --disparity_smoothness
 POSE_SCALE_MONODEPTH2 = 0.01
@@ -322,6 +323,24 @@ def photometric_depth_loss(
     ``noise_seeds`` (B,): seeds of each sample's identity-loss noise (from ``transform``), so the noise is
     a function of the sample draw and a resumed run repeats it; without them torch's global generator.
     """
+    # Geometry and loss in fp32 under a bf16 fast path (geosem.train.fast_path.full_precision).
+    with full_precision(target):
+        logits = {scale: value.float() for scale, value in logits.items()}
+        return _photometric_depth_loss(
+            logits, target, sources, intrinsics, min_depth, max_depth, smoothness, noise_seeds
+        )
+
+
+def _photometric_depth_loss(
+    logits: dict[int, torch.Tensor],
+    target: torch.Tensor,
+    sources: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    intrinsics: torch.Tensor,
+    min_depth: float,
+    max_depth: float,
+    smoothness: float,
+    noise_seeds: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     size = target.shape[-2:]
     depths = depth_at_full_resolution(logits, size, min_depth, max_depth)
     # Identity errors do not depend on the scale: compute them once.

@@ -53,6 +53,7 @@ from geosem.tasks.base import (
 )
 from geosem.tasks.depth_common import DEPTH_SCALES, build_depth_network
 from geosem.tasks.photometric import edge_aware_smoothness, photometric_error, upsample
+from geosem.train.fast_path import full_precision
 
 FLOW_RANGE = 0.4  # flow spans +-0.2 of the image size
 
@@ -137,14 +138,16 @@ class Flow(Task):
         total = image.new_zeros(())
         logs: dict[str, float] = {}
         for scale, flow in model(image, prev).items():
-            # Flow in pixels of the full image already; upsampling keeps its values (no rescaling).
-            flow = upsample(flow, image.shape[-2:])
-            warped, inside = warp_with_flow(prev, flow)
-            # Only pixels whose flow lands inside frame t-1 have a source; the zero padding outside would
-            # add an error no flow can fix (and pull the flow back into the image).
-            error = masked_mean(photometric_error(warped, image), inside)
-            smooth = edge_aware_smoothness(flow / size, image)
-            total = total + (error + self.params["smoothness"] * smooth) / 2**scale
+            # The warp and the loss in fp32 under a bf16 fast path: bf16 rounds pixel coordinates.
+            with full_precision(image):
+                # Flow in pixels of the full image already; upsampling keeps its values (no rescaling).
+                flow = upsample(flow.float(), image.shape[-2:])
+                warped, inside = warp_with_flow(prev, flow)
+                # Only pixels whose flow lands inside frame t-1 have a source; the zero padding outside
+                # would add an error no flow can fix (and pull the flow back into the image).
+                error = masked_mean(photometric_error(warped, image), inside)
+                smooth = edge_aware_smoothness(flow / size, image)
+                total = total + (error + self.params["smoothness"] * smooth) / 2**scale
             if scale == 0:
                 logs["photometric"] = error.item()
         return total, logs

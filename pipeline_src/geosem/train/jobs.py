@@ -13,6 +13,7 @@ from geosem.shards.reader import ShardDataset, ShardSet
 from geosem.snapshot import Snapshot, read_snapshot, snapshot_digest
 from geosem.tasks import get_task
 from geosem.train.distributed import Distributed
+from geosem.train.fast_path import FAST_PATH_KEYS
 from geosem.train.loop import LoopSpec, train
 from geosem.train.seeding import seed_everything
 
@@ -151,7 +152,8 @@ def run_job(
 
     model = task.build_model().to(device)
     dataset = ShardDataset(shards, train_ids, task.fields, transform=task.transform, seed=run["seed"])
-    spec = LoopSpec.from_dict({**run["loop"], "num_workers": run["compute"]["num_workers"]}, seed=run["seed"])
+    compute = {key: run["compute"][key] for key in ("num_workers", *FAST_PATH_KEYS) if key in run["compute"]}
+    spec = LoopSpec.from_dict({**run["loop"], **compute}, seed=run["seed"])
 
     def describe(metrics: dict[str, Any]) -> dict[str, Any]:
         return {

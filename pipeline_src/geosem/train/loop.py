@@ -42,6 +42,7 @@ from geosem.train.checkpoint import (
     save_checkpoint,
 )
 from geosem.train.distributed import Distributed
+from geosem.train.fast_path import autocast, batch_channels_last, resolve_precision, to_channels_last
 from geosem.train.seeding import capture_rng_state, restore_rng_state
 from geosem.train.steplog import StepLog
 
@@ -70,6 +71,9 @@ class LoopSpec:
     # adds its gradient to the sum of all earlier ones (docs/protocols.md 1.7). The accumulated ``.grad``
     # buffers are then training state and go into the checkpoint.
     zero_grad: bool = True
+    # The fast path (geosem.train.fast_path): bf16 autocast ("fp32", "bf16" or "auto") and NHWC tensors.
+    precision: str = "fp32"
+    channels_last: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], seed: int) -> LoopSpec:
@@ -201,6 +205,7 @@ class _Training:
         self.start = self.resume()
         self.step = self.start
         self.last_eval: dict[str, Any] | None = None
+        self.precision, self.device = "fp32", torch.device("cpu")  # set by train() for its device
 
     def resume(self) -> int:
         """Load this run's checkpoint, if there is one; the step to start from."""
@@ -244,7 +249,8 @@ class _Training:
         self.model.train()
         if self.spec.zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
-        loss, logs = loss_fn(net, batch)
+        with autocast(self.precision, self.device):
+            loss, logs = loss_fn(net, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{self.run_dir}: loss is {loss.item()} at step {self.step}")
         loss.backward()
@@ -308,7 +314,11 @@ def train(
     ``train`` with the same arguments, rank 0 alone writes files.
     """
     dist = dist or Distributed()
+    if spec.channels_last:
+        to_channels_last(model)  # before the checkpoint loads: loading keeps each tensor's layout
     run = _Training(Path(run_dir), run_digest, model, spec, dist)
+    run.device = torch.device(device)
+    run.precision = resolve_precision(spec.precision, run.device)
     # Every step's scalars (dvclive), for every task; rows a killed attempt wrote after `start` are cut.
     step_log = StepLog(run.run_dir, run.start, enabled=dist.is_main)
     sampler = StepBatchSampler(len(dataset), spec.batch_size, spec.seed, run.start, spec.steps, dist)
@@ -335,6 +345,8 @@ def train(
     with StopRequested() as stop, progress:
         for batch in loader:
             batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            if spec.channels_last:
+                batch = batch_channels_last(batch)
             loss_value, logs = run.take_step(net, loss_fn, batch)
             progress.update(1)
             progress.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
