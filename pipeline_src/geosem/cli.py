@@ -175,9 +175,11 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    from geosem.sources.download_commands import add_download_commands
     from geosem.worlds.commands import add_world_commands
 
     add_world_commands(sub)
+    add_download_commands(sub)
     conv = sub.add_parser("convert", help="convert a raw dataset layout into a shard set, then verify it")
     conv.add_argument("--converter", required=True, help="a converter of `geosem datasets`")
     conv.add_argument("--dataset", required=True, help="the name the shard set and its runs carry")

@@ -254,3 +254,135 @@ def get_final_outputs():
     for study in PLAN.studies:
         outputs += get_study_outputs(study)
     return outputs
+
+
+# --- Downloads (download.smk; docs/downloads.md) ----------------------------------------------------------
+# Real datasets of the plan whose raw tree is missing are fetched from the registry (config/datasets.yaml):
+# one download and one extraction job per archive. Which archives, and which extraction jobs produce the
+# converter's inputs, is geosem.sources.download_plan's decision; an embedded world is never downloaded.
+import re
+import shlex
+import sys
+
+from geosem.sources import converter_spec
+from geosem.sources.catalog import dataset_spec
+from geosem.sources.cityscapes_login import credentials_path
+from geosem.sources.archive_registry import load_registry
+from geosem.sources.download import RECEIPT_SUFFIX
+from geosem.sources.download_plan import DownloadPlan, is_folder, link_dataset_path, plan_downloads
+from geosem.sources.extract import MARKERS
+
+DOWNLOAD_SETTINGS = config["downloads"]
+DOWNLOADS = DOWNLOAD_SETTINGS["dir"] or f"{RAW}/downloads"
+for _dataset, _path in DOWNLOAD_SETTINGS["paths"].items():
+    link_dataset_path(RAW, _dataset, _path)  # raw/<dataset> -> the configured tree (bring your own)
+
+
+def get_download_datasets():
+    """The real datasets the plan converts, then downloads.datasets; never an embedded world's."""
+    planned = [spec["dataset"] for spec in PLAN.shards.values()]
+    names = dict.fromkeys([*planned, *DOWNLOAD_SETTINGS["datasets"]])
+    return [name for name in names if dataset_spec(name).world is None]
+
+
+def get_download_plan():
+    datasets = get_download_datasets()
+    if not datasets:  # the embedded default: the registry is not even read
+        return DownloadPlan()
+    registry = load_registry(DOWNLOAD_SETTINGS["registry"])
+    return plan_downloads(
+        registry, datasets, RAW, lambda name: converter_spec(name).reads, DOWNLOAD_SETTINGS["archives"]
+    )
+
+
+DOWNLOAD_PLAN = get_download_plan()
+if any(p.archive.credentials == "cityscapes" for p in DOWNLOAD_PLAN.archives.values()):
+    if not DOWNLOAD_SETTINGS["mirror"] and not credentials_path().is_file():
+        print(
+            f"GeoSem: Cityscapes downloads are planned but {credentials_path()} does not exist; their jobs "
+            "will stop until the login is there (docs/downloads.md, 'Credentials')",
+            file=sys.stderr,
+        )
+
+
+def get_download_pattern(kind, anchors=True):
+    """A wildcard constraint matching exactly the planned datasets or archive files (nothing when none
+    is planned), so the download rules can never claim another rule's file."""
+    planned = DOWNLOAD_PLAN.archives.values()
+    if not anchors:
+        planned = [p for p in planned if not p.is_anchor]
+    names = sorted({p.archive.dataset if kind == "dataset" else p.archive.file for p in planned})
+    return "|".join(re.escape(name) for name in names) if names else "(?!)"
+
+
+def get_download_receipt(dataset, file):
+    return f"{DOWNLOADS}/{dataset}/{file}{RECEIPT_SUFFIX}"
+
+
+def get_download_source_flags(wildcards):
+    """--mirror / --base-url for the job: params, so a new mirror re-verifies the receipt only (the
+    archive itself is not a declared output, so Snakemake never deletes it)."""
+    flags = []
+    if DOWNLOAD_SETTINGS["mirror"]:
+        flags += ["--mirror", DOWNLOAD_SETTINGS["mirror"]]
+    if wildcards.dataset in DOWNLOAD_SETTINGS["base_urls"]:
+        flags += ["--base-url", DOWNLOAD_SETTINGS["base_urls"][wildcards.dataset]]
+    return shlex.join(flags)
+
+
+def get_download_dir(wildcards, output):
+    """<dir> of <dir>/<dataset>/<file>.verified.json, from the job's own output."""
+    return os.path.dirname(os.path.dirname(output[0]))
+
+
+def get_extract_downloads(wildcards, input):
+    return os.path.dirname(os.path.dirname(input[0]))
+
+
+def get_extract_root(wildcards, output):
+    """raw/<dataset> of the job's marker raw/<dataset>/.extracted/<file>.json."""
+    return os.path.dirname(os.path.dirname(output[0]))
+
+
+def get_anchor_root(planned):
+    """raw/<dataset> of an anchor job, from its first output (raw/<dataset>/<converter input>)."""
+    suffix = len(planned.covers[0]) + 1
+    return lambda wildcards, output: output[0][:-suffix]
+
+
+def get_extract_receipt(wildcards):
+    return get_download_receipt(wildcards.dataset, wildcards.file)
+
+
+def get_extract_marker(dataset, file):
+    return f"{RAW}/{dataset}/{MARKERS}/{file}.json"
+
+
+def get_anchor_rule_name(planned):
+    return re.sub(r"\W", "_", f"extract_{planned.archive.dataset}_{planned.archive.file}")
+
+
+def get_anchor_inputs(planned):
+    """An anchor's own archive and every other planned archive of its dataset, extracted: the paths it
+    produces are what the conversion waits for, so the whole tree must be there before them."""
+    dataset = planned.archive.dataset
+    others = [
+        get_extract_marker(dataset, p.archive.file) for p in DOWNLOAD_PLAN.of(dataset) if not p.is_anchor
+    ]
+    return [get_download_receipt(dataset, planned.archive.file), *others]
+
+
+def get_anchor_outputs(planned):
+    root = f"{RAW}/{planned.archive.dataset}"
+    return [
+        directory(f"{root}/{read}") if is_folder(read, planned.archive) else f"{root}/{read}"
+        for read in planned.covers
+    ]
+
+
+def get_download_targets():
+    """Everything `snakemake downloads` fetches and extracts: the whole plan, no conversion."""
+    targets = [get_extract_marker(p.archive.dataset, p.archive.file) for p in DOWNLOAD_PLAN.plain]
+    for planned in DOWNLOAD_PLAN.anchors:
+        targets += [str(path) for path in get_anchor_outputs(planned)]
+    return targets
