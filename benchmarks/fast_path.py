@@ -72,7 +72,7 @@ def _stepper(task: Any, batch: dict[str, torch.Tensor], fast: bool):
             loss, _ = task.loss(model, batch)
         loss.backward()
         optimiser.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
