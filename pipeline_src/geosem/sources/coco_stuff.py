@@ -23,7 +23,14 @@ from tqdm import tqdm
 from geosem.labelspaces import COCO_STUFF_MAX_VALUE, COCO_STUFF_UNUSED_VALUES, coco_stuff_to_train_id
 from geosem.shards.writer import ShardWriter
 from geosem.sources import register_converter
-from geosem.sources.common import check_label_values, read_rgb, resize_image, resize_nearest, source_version
+from geosem.sources.common import (
+    check_label_values,
+    check_same_size,
+    read_rgb,
+    resize_image,
+    resize_nearest,
+    source_version,
+)
 from geosem.sources.pascal_voc import read_index_png
 
 CONVERTER_VERSION = "1"
@@ -86,10 +93,7 @@ def convert_coco_stuff(
                 check_label_values(label, COCO_STUFF_MAX_VALUE, label_path, sample=path.stem)
                 check_unused_values(label, label_path, path.stem)
                 image = read_rgb(path)
-                if image.shape[:2] != label.shape:
-                    raise ValueError(
-                        f"{path} is {image.shape[:2]} but its label {label_path} is {label.shape}"
-                    )
+                check_same_size(image, label, path, label_path)
                 writer.add(
                     {
                         "image": resize_image(image, height, width),

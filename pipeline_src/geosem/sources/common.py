@@ -36,6 +36,12 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(read_image(path, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path) -> None:
+    """A label must cover its image pixel for pixel; otherwise the error names both files."""
+    if image.shape[:2] != label.shape:
+        raise ValueError(f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}")
+
+
 def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[:2] == (height, width):
         return image

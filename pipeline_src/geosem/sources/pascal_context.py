@@ -33,7 +33,14 @@ from geosem.labelspaces import (
 )
 from geosem.shards.writer import ShardWriter
 from geosem.sources import register_converter
-from geosem.sources.common import check_label_values, read_rgb, resize_image, resize_nearest, source_version
+from geosem.sources.common import (
+    check_label_values,
+    check_same_size,
+    read_rgb,
+    resize_image,
+    resize_nearest,
+    source_version,
+)
 from geosem.sources.pascal_voc import load_mat, read_id_list
 
 CONVERTER_VERSION = "1"
@@ -130,10 +137,7 @@ def convert_pascal_context(
                 check_label_values(label, CONTEXT459_MAX_ID, label_path, allowed=(), sample=sample_id)
                 image_path = root / VOC / "JPEGImages" / f"{sample_id}.jpg"
                 image = read_rgb(image_path)
-                if image.shape[:2] != label.shape:
-                    raise ValueError(
-                        f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}"
-                    )
+                check_same_size(image, label, image_path, label_path)
                 writer.add(
                     {
                         "image": resize_image(image, height, width),

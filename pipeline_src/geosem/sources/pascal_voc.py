@@ -28,6 +28,7 @@ from geosem.shards.writer import ShardWriter
 from geosem.sources import register_converter
 from geosem.sources.common import (
     check_label_values,
+    check_same_size,
     read_rgb,
     resize_image,
     resize_nearest,
@@ -169,10 +170,7 @@ def convert_pascal_voc(
             if source == "sbd" and not image_path.is_file():
                 image_path = root / SBD / "img" / f"{sample_id}.jpg"
             image = read_rgb(image_path)
-            if image.shape[:2] != label.shape:
-                raise ValueError(
-                    f"{image_path} is {image.shape[:2]} but its label {label_path} is {label.shape}"
-                )
+            check_same_size(image, label, image_path, label_path)
             writer.add(
                 {
                     "image": resize_image(image, height, width),
