@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from geosem.geometry.warp import warp_with_depth
+from geosem.geometry.warp import invert_rigid, reproject, warp_with_depth
 from geosem.shards.reader import ShardDataset, ShardSet
-from geosem.tasks.depth_mono import invert_rigid, photometric_depth_loss, reproject
+from geosem.tasks.depth_mono import photometric_depth_loss
 from geosem.tasks.mae import patch_mask, seed_patch_mask
 from geosem.tasks.photometric import (
     edge_aware_smoothness,
@@ -183,7 +183,7 @@ def test_the_flow_loss_counts_only_pixels_whose_flow_lands_inside_the_source_fra
 
 
 def test_stereo_partner_sits_left_when_flipped_or_swapped_and_right_otherwise() -> None:
-    from geosem.tasks.depth_mono import stereo_transform
+    from geosem.geometry.warp import stereo_transform
 
     baseline = torch.tensor([0.5, 0.5, 0.5, 0.5])
     flipped = torch.tensor([0.0, 1.0, 0.0, 1.0])

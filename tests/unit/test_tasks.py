@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from geosem.geometry.warp import reproject, stereo_transform
 from geosem.shards.reader import ShardDataset, ShardSet
 from geosem.tasks import get_task, list_tasks
-from geosem.tasks.depth_mono import reproject, stereo_transform
 from geosem.tasks.photometric import photometric_error
 
 from tests.helpers import (

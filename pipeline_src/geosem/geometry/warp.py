@@ -64,3 +64,48 @@ def warp_with_flow(image_next: torch.Tensor, flow: torch.Tensor) -> tuple[torch.
     finite = torch.isfinite(map_x) & torch.isfinite(map_y)
     inside = finite & (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     return warped, inside[:, None]
+
+
+def reproject(
+    image_src: torch.Tensor, depth_dst: torch.Tensor, src_from_dst: torch.Tensor, intrinsics: torch.Tensor
+) -> torch.Tensor:
+    """Warp ``image_src`` onto the destination view with border padding, as monodepth2's grid_sample.
+
+    ``geosem.geometry.warp.warp_with_depth`` is the same warp with zero padding (kornia's
+    ``warp_frame_depth`` has no padding option); zeros make every pixel that leaves the source image an
+    error of the full image intensity, which monodepth2 avoids by repeating the border. Same kornia
+    primitives, only the padding differs (tests/unit/test_losses.py checks they agree inside the image).
+    """
+    points = depth_to_3d_v2(depth_dst[:, 0], intrinsics)
+    uv = project_points(transform_points(src_from_dst[:, None], points), intrinsics[:, None, None])
+    return remap(
+        image_src, uv[..., 0], uv[..., 1], mode="bilinear", padding_mode="border", align_corners=True
+    )
+
+
+def invert_rigid(transform: torch.Tensor) -> torch.Tensor:
+    """Inverse of (B,4,4) rigid transforms: [R^T, -R^T t]."""
+    rotation_t = transform[:, :3, :3].transpose(1, 2)
+    inverse = torch.eye(4, dtype=transform.dtype, device=transform.device).repeat(len(transform), 1, 1)
+    inverse[:, :3, :3] = rotation_t
+    inverse[:, :3, 3] = -(rotation_t @ transform[:, :3, 3:])[..., 0]
+    return inverse
+
+
+def stereo_transform(
+    baseline: torch.Tensor, flipped: torch.Tensor, swapped: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``src_from_dst`` of the stereo partner: for the left target the right camera at +baseline along x,
+    a shift by -baseline.
+
+    A horizontally flipped pair mirrors the rig, and a swapped pair (the right image as target) puts the
+    partner on the left: each turns the sign (monodepth2 flips the sign of stereo_T for the left side and
+    again under a flip); both together cancel.
+    """
+    transform = torch.eye(4, dtype=baseline.dtype, device=baseline.device).repeat(len(baseline), 1, 1)
+    partner_left = flipped > 0.5
+    if swapped is not None:
+        partner_left = partner_left ^ (swapped > 0.5)
+    sign = torch.where(partner_left, 1.0, -1.0).to(baseline.dtype)
+    transform[:, 0, 3] = sign * baseline
+    return transform

@@ -28,12 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from kornia.geometry.camera.perspective import project_points
-from kornia.geometry.depth import depth_to_3d_v2
-from kornia.geometry.linalg import transform_points
-from kornia.geometry.transform import remap
 from torch import nn
 
+from geosem.geometry.warp import invert_rigid, reproject, stereo_transform
 from geosem.models.dense import DenseModel
 from geosem.models.pose import PoseNet
 from geosem.shards.reader import ShardSet
@@ -60,51 +57,6 @@ POSE_SCALE = param(
     exclusiveMinimum=0,
 )
 IDENTITY_NOISE = 1e-5
-
-
-def reproject(
-    image_src: torch.Tensor, depth_dst: torch.Tensor, src_from_dst: torch.Tensor, intrinsics: torch.Tensor
-) -> torch.Tensor:
-    """Warp ``image_src`` onto the destination view with border padding, as monodepth2's grid_sample.
-
-    ``geosem.geometry.warp.warp_with_depth`` is the same warp with zero padding (kornia's
-    ``warp_frame_depth`` has no padding option); zeros make every pixel that leaves the source image an
-    error of the full image intensity, which monodepth2 avoids by repeating the border. Same kornia
-    primitives, only the padding differs (tests/unit/test_losses.py checks they agree inside the image).
-    """
-    points = depth_to_3d_v2(depth_dst[:, 0], intrinsics)
-    uv = project_points(transform_points(src_from_dst[:, None], points), intrinsics[:, None, None])
-    return remap(
-        image_src, uv[..., 0], uv[..., 1], mode="bilinear", padding_mode="border", align_corners=True
-    )
-
-
-def invert_rigid(transform: torch.Tensor) -> torch.Tensor:
-    """Inverse of (B,4,4) rigid transforms: [R^T, -R^T t]."""
-    rotation_t = transform[:, :3, :3].transpose(1, 2)
-    inverse = torch.eye(4, dtype=transform.dtype, device=transform.device).repeat(len(transform), 1, 1)
-    inverse[:, :3, :3] = rotation_t
-    inverse[:, :3, 3] = -(rotation_t @ transform[:, :3, 3:])[..., 0]
-    return inverse
-
-
-def stereo_transform(
-    baseline: torch.Tensor, flipped: torch.Tensor, swapped: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``src_from_dst`` of the stereo partner: for the left target the right camera at +baseline along x,
-    a shift by -baseline.
-
-    A horizontally flipped pair mirrors the rig, and a swapped pair (the right image as target) puts the
-    partner on the left: each turns the sign (monodepth2 flips the sign of stereo_T for the left side and
-    again under a flip); both together cancel.
-    """
-    transform = torch.eye(4, dtype=baseline.dtype, device=baseline.device).repeat(len(baseline), 1, 1)
-    partner_left = flipped > 0.5
-    if swapped is not None:
-        partner_left = partner_left ^ (swapped > 0.5)
-    sign = torch.where(partner_left, 1.0, -1.0).to(baseline.dtype)
-    transform[:, 0, 3] = sign * baseline
-    return transform
 
 
 STEREO_SIDES = ("sample", "left")
