@@ -26,12 +26,12 @@ from geosem.sources import register_converter
 from geosem.sources.common import (
     check_label_values,
     check_same_size,
+    read_index_png,
     read_rgb,
     resize_image,
     resize_nearest,
     source_version,
 )
-from geosem.sources.pascal_voc import read_index_png
 
 CONVERTER_VERSION = "1"
 LABEL_SPACE = "coco171"

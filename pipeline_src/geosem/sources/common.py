@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from geosem.labelspaces import IGNORE_INDEX
 
@@ -123,3 +124,36 @@ def check_label_values(
             f"{who}{path} holds label id(s) {np.unique(label[bad]).tolist()[:10]} that this dataset's "
             f"encoding does not have (valid: {valid})"
         )
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """The index plane of a palette ("P") or greyscale ("L") PNG as uint8 (H, W).
+
+    OpenCV expands a palette PNG to its colours, so a VOC label read with cv2 would hold RGB triples;
+    Pillow keeps the indices. An RGB label (e.g. a re-saved, colour-converted copy) is refused, since
+    mapping colours back to classes is exactly the trap this reader exists to avoid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label {path} is missing")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            array = np.asarray(image)
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(
+            f"cannot decode label {path}: {error}; restore it from the dataset's archive"
+        ) from None
+    if mode not in ("P", "L"):
+        raise ValueError(
+            f"{path} is a mode {mode!r} image: labels must be palette (P) or greyscale (L) PNGs whose "
+            "pixel values are the class ids, not colours"
+        )
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def read_id_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} is missing")
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]

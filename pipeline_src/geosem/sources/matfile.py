@@ -22,6 +22,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from scipy.io import loadmat
 
 from geosem.atomic import atomic_write_bytes
 
@@ -212,3 +213,18 @@ def read_mat73_strings(handle: h5py.File, name: str) -> list[str]:
         chars = np.asarray(handle[ref]).reshape(-1)
         out.append(chars.astype("<u2").tobytes().decode("utf-16-le"))
     return out
+
+
+def load_mat(path: Path) -> dict[str, object]:
+    """``scipy.io.loadmat`` with errors that name the file: scipy answers a truncated or foreign file
+    with a bare IndexError or ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MAT-file {path} is missing")
+    try:
+        return loadmat(path, squeeze_me=True, struct_as_record=False)
+    except Exception as error:
+        raise ValueError(
+            f"cannot read MAT-file {path} ({type(error).__name__}: {error}): it is damaged "
+            "or not a MAT-file; restore it from the dataset's archive"
+        ) from None

@@ -36,12 +36,13 @@ from geosem.sources import register_converter
 from geosem.sources.common import (
     check_label_values,
     check_same_size,
+    read_id_list,
     read_rgb,
     resize_image,
     resize_nearest,
     source_version,
 )
-from geosem.sources.pascal_voc import load_mat, read_id_list
+from geosem.sources.matfile import load_mat
 
 CONVERTER_VERSION = "1"
 LABEL_SPACE = "context59"

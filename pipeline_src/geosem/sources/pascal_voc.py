@@ -20,8 +20,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from scipy.io import loadmat
 from tqdm import tqdm
 
 from geosem.shards.writer import ShardWriter
@@ -29,11 +27,14 @@ from geosem.sources import register_converter
 from geosem.sources.common import (
     check_label_values,
     check_same_size,
+    read_id_list,
+    read_index_png,
     read_rgb,
     resize_image,
     resize_nearest,
     source_version,
 )
+from geosem.sources.matfile import load_mat
 
 CONVERTER_VERSION = "1"
 LABEL_SPACE = "voc21"
@@ -44,60 +45,12 @@ SBD = "benchmark_RELEASE/dataset"
 log = logging.getLogger(__name__)
 
 
-def read_index_png(path: Path) -> np.ndarray:
-    """The index plane of a palette ("P") or greyscale ("L") PNG as uint8 (H, W).
-
-    OpenCV expands a palette PNG to its colours, so a VOC label read with cv2 would hold RGB triples;
-    Pillow keeps the indices. An RGB label (e.g. a re-saved, colour-converted copy) is refused, since
-    mapping colours back to classes is exactly the trap this reader exists to avoid.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"label {path} is missing")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.asarray(image)
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(
-            f"cannot decode label {path}: {error}; restore it from the dataset's archive"
-        ) from None
-    if mode not in ("P", "L"):
-        raise ValueError(
-            f"{path} is a mode {mode!r} image: labels must be palette (P) or greyscale (L) PNGs whose "
-            "pixel values are the class ids, not colours"
-        )
-    return np.ascontiguousarray(array, dtype=np.uint8)
-
-
-def load_mat(path: Path) -> dict[str, object]:
-    """``scipy.io.loadmat`` with errors that name the file: scipy answers a truncated or foreign file
-    with a bare IndexError or ValueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MAT-file {path} is missing")
-    try:
-        return loadmat(path, squeeze_me=True, struct_as_record=False)
-    except Exception as error:
-        raise ValueError(
-            f"cannot read MAT-file {path} ({type(error).__name__}: {error}): it is damaged "
-            "or not a MAT-file; restore it from the dataset's archive"
-        ) from None
-
-
 def read_sbd_label(path: Path) -> np.ndarray:
     """``GTcls.Segmentation`` of an SBD ``cls/*.mat`` file (uint8 class ids 0..20)."""
     label = np.asarray(getattr(load_mat(path).get("GTcls"), "Segmentation", None))
     if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
         raise ValueError(f"{path} holds no 2-D integer GTcls.Segmentation: not an SBD cls file")
     return label
-
-
-def read_id_list(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"split list {path} is missing")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
 
 
 def _plan(root: Path) -> tuple[list[tuple[str, str, str]], bool]:
