@@ -24,8 +24,11 @@ DEPTH_METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog",
 MEDIAN_SCALED_PREFIX = "depth_median_scaled_"
 # Scored regions as (top, bottom, left, right) fractions of the image. garg: the crop of Garg et al. that
 # monodepth2's KITTI evaluation applies (rows 0.4081-0.9919, columns 0.0359-0.9641; docs/protocols.md 2).
+# eigen_nyu: the Eigen crop of NYUv2's evaluation (DINOv2's, paper B's): rows 45:471 and columns 41:601 of
+# the 480x640 image, as fractions (exact at 480x640: 45/480, 471/480, 41/640, 601/640).
 DEPTH_CROPS: dict[str, tuple[float, float, float, float] | None] = {
     "garg": (0.40810811, 0.99189189, 0.03594771, 0.96405229),
+    "eigen_nyu": (45 / 480, 471 / 480, 41 / 640, 601 / 640),
     "none": None,
 }
 

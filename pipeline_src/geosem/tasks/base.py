@@ -31,6 +31,25 @@ def param(default: Any, description: str, **schema: Any) -> Param:
     return Param(default, description, schema)
 
 
+def resolve_declared(
+    parameters: dict[str, Param], schema: dict[str, Any], values: dict[str, Any], where: str, owner: str
+) -> dict[str, Any]:
+    """``values`` checked against ``schema``, defaults of ``parameters`` filled in; an unknown key or a
+    wrong value is an error naming ``where`` and the keys ``owner`` (e.g. "task 'depth_mono'") takes.
+    Shared by the pre-training tasks and study B's auxiliary tasks."""
+    import jsonschema  # only the planner and the settings checks need it
+
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(values), key=lambda error: list(error.path))
+    if errors:
+        problems = "; ".join(
+            f"{'.'.join([where, *map(str, error.path)])}: {error.message}" for error in errors
+        )
+        known = ", ".join(sorted(parameters)) or "none"
+        raise ValueError(f"{problems} ({owner} takes: {known})")
+    return {key: value.default for key, value in parameters.items()} | dict(values)
+
+
 # Parameters several tasks share.
 MIN_DEPTH = param(
     0.1, "Smallest predictable depth in metres (disparity-to-depth range).", type="number", exclusiveMinimum=0
@@ -83,19 +102,10 @@ class Task(ABC):
     @classmethod
     def resolve_parameters(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
         """``values`` validated against ``parameter_schema`` with every default filled in."""
-        import jsonschema  # only the planner needs it
-
-        validator = jsonschema.Draft202012Validator(cls.parameter_schema())
-        errors = sorted(validator.iter_errors(values), key=lambda error: list(error.path))
-        if errors:
-            problems = "; ".join(
-                f"{'.'.join([where, *map(str, error.path)])}: {error.message}" for error in errors
-            )
-            known = ", ".join(sorted(cls.parameters)) or "none"
-            raise ValueError(f"{problems} (task {cls.name!r} takes: {known})")
-        resolved = {key: value.default for key, value in cls.parameters.items()}
-        resolved.update({key: value for key, value in values.items() if key != "task"})
-        return resolved
+        resolved = resolve_declared(
+            cls.parameters, cls.parameter_schema(), values, where, f"task {cls.name!r}"
+        )
+        return {key: value for key, value in resolved.items() if key != "task"}
 
     def __init__(self, run: dict[str, Any], device: torch.device | str = "cpu") -> None:
         self.run = run
