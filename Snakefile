@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/auxdepth.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/versioning.smk"
 

@@ -87,6 +87,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_auxdepth(args: argparse.Namespace) -> int:
+    from geosem.train.auxdepth_job import run_auxdepth_job
+    from geosem.train.loop import EXIT_RESUMABLE
+
+    result = run_auxdepth_job(Path(args.run), threads=args.threads, max_steps_this_call=args.max_steps)
+    if result is None:
+        return EXIT_RESUMABLE
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))
+    return 0
+
+
 def _cmd_aggregate(args: argparse.Namespace) -> int:
     from geosem.aggregate import aggregate_study, render_study
 
@@ -230,6 +241,15 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
             help="data-parallel processes (default: one per visible GPU, 1 without GPUs; gloo on CPUs)",
         )
         job.set_defaults(func=_cmd_train)
+    aux = sub.add_parser(
+        "auxdepth",
+        help="run a study-B job (depth on a frozen backbone, alternating auxiliary steps) from its "
+        "run.yaml (resumes from its checkpoint)",
+    )
+    aux.add_argument("--run", required=True, help="path of the run snapshot, runs/auxdepth/<run_id>/run.yaml")
+    aux.add_argument("--threads", type=int, default=1)
+    aux.add_argument("--max-steps", type=int, default=None, help="stop (resumably) after this many steps")
+    aux.set_defaults(func=_cmd_auxdepth)
     sub.add_parser("tasks", help="the training tasks and the parameters each declares").set_defaults(
         func=_cmd_tasks
     )
@@ -292,6 +312,41 @@ def _add_result_commands(sub: argparse._SubParsersAction) -> None:
         "--layer", default=None, help="module name to visualise (default: the encoder's first stage, layer1)"
     )
     gradcam.set_defaults(func=_cmd_gradcam)
+
+    def _aggregate_auxdepth(args: argparse.Namespace) -> int:
+        """Study B: finished auxdepth runs (or, with --from-table, a study csv) -> the asked outputs."""
+        from geosem.aggregate.auxdepth import aggregate_auxdepth, render_auxdepth
+
+        asked = {"table_md": args.md, "metrics_dir": args.metrics, "plot": args.plot}
+        asked["sweep_csv"] = args.sweep_csv
+        outputs = {key: Path(value) for key, value in asked.items() if value}
+        spec = json.loads(args.spec)
+        if args.from_table:
+            render_auxdepth(args.study, Path(args.from_table), spec, **outputs)
+        elif not args.csv:
+            raise SystemExit("geosem aggregate-auxdepth: --csv is required unless --from-table is given")
+        else:
+            runs = [Path(r) for r in args.runs]
+            aggregate_auxdepth(args.study, runs, spec, table_csv=Path(args.csv), **outputs)
+        if args.md:
+            print(Path(args.md).read_text())
+        return 0
+
+    aux = sub.add_parser(
+        "aggregate-auxdepth",
+        help="study B: a study's auxdepth runs -> table csv, markdown, DVC metrics; --from-table: its "
+        "markdown, metrics or sweep plot from the csv alone",
+    )
+    aux.add_argument("--study", required=True)
+    aux.add_argument("--runs", nargs="*", default=[], help="auxdepth run directories")
+    aux.add_argument("--spec", required=True, help="JSON: layout, labels, mix6, depth rows, unavailable rows")
+    aux.add_argument("--csv", default=None, help="the study csv to write (with --runs)")
+    aux.add_argument("--from-table", default=None, help="a study csv to render from instead of runs")
+    aux.add_argument("--md", default=None)
+    aux.add_argument("--metrics", default=None, help="folder: one <row>/<column>.json per table cell")
+    aux.add_argument("--plot", default=None, help="the sweep figure (layouts fig1, fig3, fig4, fig5)")
+    aux.add_argument("--sweep-csv", default=None, help="the plotted points, for dvc plots")
+    aux.set_defaults(func=_aggregate_auxdepth)
 
 
 def build_parser() -> argparse.ArgumentParser:

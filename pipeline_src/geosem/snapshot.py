@@ -3,6 +3,8 @@
 A snapshot (``runs/<kind>/<run_id>/run.yaml``) is the fully resolved config of one training job and the
 only config its trainer reads. The planner (``geosem.studies``) writes them; the trainers, aggregation
 and analysis read them through this module and nothing else, so none of them depends on the planner.
+Study B's runs (kind ``auxdepth``, ``AuxDepthSnapshot``) have sections of their own (backbone, depth,
+aux, loop) in place of task, model, data and evaluation.
 
 A shard variant names one preprocessing of a dataset, ``shards/<dataset>/<variant>/``: resolution,
 converter version and the converter parameters that differ from their defaults. ``64x192-v3`` is a
@@ -24,7 +26,7 @@ import yaml
 
 from geosem.atomic import atomic_write_text
 
-RUN_KINDS = ("pretrain", "finetune")
+RUN_KINDS = ("pretrain", "finetune", "auxdepth")
 SNAPSHOT_HEADER = (
     "# Resolved run snapshot written by the workflow: the only config this run's trainer reads.\n"
 )
@@ -77,6 +79,100 @@ class Snapshot(TypedDict):
 REQUIRED_KEYS = ("compute", "data", "evaluation", "kind", "loop", "model", "run_id", "seed", "task")
 
 
+class BackboneSection(TypedDict):
+    """Study B's frozen backbone: a timm ViT name, its weights ("" = random init) and their key layout."""
+
+    name: str
+    weights: str
+    layout: str
+    kwargs: dict[str, Any]  # timm keyword arguments (a small test ViT: embed_dim, depth, num_heads)
+
+
+class DepthDataSection(TypedDict):
+    """Study B's depth dataset, its training subset, augmentation, range and evaluation."""
+
+    dataset: str
+    shards: str
+    train_split: str
+    test_split: str
+    fraction: float  # < 1: a seeded, nested subset of the training ids
+    crop: list[int]  # training crop (height, width); auxiliary images are resized to it
+    augment: str
+    min_depth: float
+    max_depth: float
+    eval_crop: str
+    eval_max_depth: float
+    flip_tta: bool
+
+
+class AuxDatasetSection(TypedDict):
+    dataset: str
+    shards: str
+    split: str
+    num_classes: int
+
+
+class AuxSection(TypedDict):
+    """The auxiliary task (``none``: the baseline), its datasets (one head each) and the rate split."""
+
+    task: str
+    datasets: list[AuxDatasetSection]
+    alpha: float
+    beta: float | None  # set: the beta variant (depth steps unscaled, auxiliary steps x beta)
+
+
+class AuxDepthSnapshot(TypedDict):
+    """``runs/auxdepth/<run_id>/run.yaml``: one run of study B's alternating trainer."""
+
+    run_id: str
+    kind: str  # "auxdepth"
+    seed: int
+    backbone: BackboneSection
+    depth: DepthDataSection
+    aux: AuxSection
+    loop: dict[str, Any]  # AUXDEPTH_SECTION_KEYS["loop"]
+    compute: NotRequired[dict[str, Any]]  # num_workers
+    decoder: NotRequired[dict[str, Any]]  # channels (default 256, DINOv2's DPTHead)
+
+
+AUXDEPTH_REQUIRED_KEYS = ("aux", "backbone", "depth", "kind", "loop", "run_id", "seed")
+# The keys each section of an auxdepth snapshot must carry (the trainer reads every one).
+AUXDEPTH_SECTION_KEYS: dict[str, tuple[str, ...]] = {
+    "backbone": ("name", "weights", "layout", "kwargs"),
+    "depth": (
+        "dataset",
+        "shards",
+        "train_split",
+        "test_split",
+        "fraction",
+        "crop",
+        "augment",
+        "min_depth",
+        "max_depth",
+        "eval_crop",
+        "eval_max_depth",
+        "flip_tta",
+    ),
+    "aux": ("task", "datasets", "alpha", "beta"),
+    "loop": (
+        "steps",
+        "batch_size",
+        "aux_batch_size",
+        "lr",
+        "head_lr",
+        "gamma",
+        "weight_decay",
+        "warmup_steps",
+        "grad_clip",
+        "eval_every",
+        "checkpoint_every",
+        "gradient_loss",
+        "gradient_weight",
+    ),
+}
+AUX_DATASET_KEYS = ("dataset", "shards", "split", "num_classes")
+
+
 def snapshot_digest(snapshot: Snapshot | dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a snapshot: a checkpoint records it, so a checkpoint written for
     another snapshot is never resumed."""
@@ -92,14 +188,38 @@ def check_snapshot(snapshot: Any, where: str) -> Snapshot:
     """Raise naming ``where`` and the missing keys unless ``snapshot`` has a snapshot's shape."""
     if not isinstance(snapshot, dict) or "run_id" not in snapshot:
         raise ValueError(f"{where} is not a run snapshot (no run_id)")
-    missing = [key for key in REQUIRED_KEYS if key not in snapshot]
+    auxdepth = snapshot.get("kind") == "auxdepth"
+    missing = [key for key in (AUXDEPTH_REQUIRED_KEYS if auxdepth else REQUIRED_KEYS) if key not in snapshot]
     if missing:
         raise ValueError(f"{where}: run snapshot {snapshot['run_id']!r} lacks key(s) {missing}")
     if snapshot["kind"] not in RUN_KINDS:
         raise ValueError(f"{where}: unknown run kind {snapshot['kind']!r}; known: {RUN_KINDS}")
     if snapshot["kind"] == "finetune" and "init" not in snapshot:
         raise ValueError(f"{where}: fine-tuning snapshot {snapshot['run_id']!r} has no init section")
+    if auxdepth:
+        _check_auxdepth_sections(snapshot, where)
     return snapshot  # type: ignore[return-value]
+
+
+def _check_auxdepth_sections(snapshot: dict[str, Any], where: str) -> None:
+    """Raise naming ``where`` and the section's missing keys unless every auxdepth section is whole."""
+    run_id = snapshot["run_id"]
+    for section, keys in AUXDEPTH_SECTION_KEYS.items():
+        value = snapshot[section]
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: auxdepth snapshot {run_id!r}: {section} is not a mapping")
+        missing = [key for key in keys if key not in value]
+        if missing:
+            raise ValueError(f"{where}: auxdepth snapshot {run_id!r}: {section} lacks key(s) {missing}")
+    datasets = snapshot["aux"]["datasets"]
+    if not isinstance(datasets, list):
+        raise ValueError(f"{where}: auxdepth snapshot {run_id!r}: aux.datasets is not a list")
+    for i, entry in enumerate(datasets):
+        missing = [key for key in AUX_DATASET_KEYS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise ValueError(
+                f"{where}: auxdepth snapshot {run_id!r}: aux.datasets[{i}] lacks key(s) {missing}"
+            )
 
 
 def write_snapshot(snapshot: Snapshot | dict[str, Any], path: Path) -> None:
@@ -116,6 +236,14 @@ def read_snapshot(path: Path) -> Snapshot:
     if not path.is_file():
         raise FileNotFoundError(f"run snapshot {path} does not exist")
     return check_snapshot(yaml.safe_load(path.read_text()), str(path))
+
+
+def read_auxdepth_snapshot(path: Path) -> AuxDepthSnapshot:
+    """``read_snapshot`` of a study-B run; another kind is an error naming the file."""
+    snapshot = read_snapshot(path)
+    if snapshot["kind"] != "auxdepth":
+        raise ValueError(f"{path} is a {snapshot['kind']} run snapshot, not auxdepth")
+    return snapshot  # type: ignore[return-value]
 
 
 def resolution(section: DataSection | InitSection) -> str:

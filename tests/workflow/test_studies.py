@@ -1,6 +1,6 @@
-"""Every study file of paper A and both presets plan into real Snakemake DAGs (dry runs): each planned
-run is one job, rows without their weights are left out of the DAG (and reported unavailable), and the
-full-scale preset expands to the paper's grid."""
+"""Every study file of papers A and B and their presets plan into real Snakemake DAGs (dry runs): each
+planned run is one job, rows without their weights are left out of the DAG (and reported unavailable),
+and the full-scale presets expand to the papers' grids."""
 
 from __future__ import annotations
 
@@ -38,6 +38,21 @@ EXPECTED = {
     "a_table4_methods": (8 * 3, 7),
     # random + 6 pre-trainings from scratch x all/frozen x 3 seeds, each seed its own pre-training.
     "cpu_study": (7 * 2 * 3, 6 * 3),
+}
+
+
+STUDIES_B = sorted(p.stem for p in (REPO / "config" / "studies").glob("b_*.yaml"))
+# Study B on the embedded config, by hand (tests/unit/test_plan_auxdepth.py spells out each grid): auxdepth
+# runs and backbone pre-trainings (MAE on a ViT-T; b_table4 the depth ViT-T standing in for Depth Anything).
+EXPECTED_B = {
+    "b_table3": (32, 1),
+    "b_fig3": (28, 1),
+    "b_fig4": (48, 1),
+    "b_fig1": (76, 1),
+    "b_fig5": (48, 1),
+    "b_table4": (8, 1),
+    "b_table6": (16, 1),
+    "b_cpu": (16, 1),
 }
 
 
@@ -117,3 +132,47 @@ def test_the_table4_cpu_preset_runs_every_offline_row_of_table4(tmp_path: Path) 
     assert sorted(plan.shards) == ["synth_ade/64x192-v1", "synth_driving/64x192-v3"]
     counts = _dry_run(make_workdir(tmp_path), "--configfile", "config/presets/table4_cpu.yaml")
     assert (counts["pretrain"], counts["finetune"], counts["shards"]) == (7, 24, 2)
+
+
+def test_every_study_b_file_is_a_dag_of_its_planned_runs(tmp_path: Path) -> None:
+    assert sorted(EXPECTED_B) == STUDIES_B
+    for study in STUDIES_B:
+        plan = plan_runs(_config(studies=[study]))
+        assert (len(plan.auxdepth), len(plan.pretrain)) == EXPECTED_B[study], study
+    # All together: runs shared between files (Table 3's cells are Fig. 3's, Fig. 4's 100 %, Fig. 1's
+    # alpha 0.9 and 1, ...) are one job each; each file is one table, each sweep one plot.
+    counts = _dry_run(make_workdir(tmp_path), "--config", f"studies=[{','.join(STUDIES_B)}]")
+    plan = plan_runs(_config(studies=STUDIES_B))
+    assert counts["auxdepth"] == len(plan.auxdepth) == 208
+    assert counts["pretrain"] == len(plan.pretrain) == 2
+    assert counts["run_snapshot"] == 208 + 2
+    assert counts["aggregate_auxdepth"] == len(STUDIES_B) and counts["plot_auxdepth"] == 4  # Figs. 1, 3, 4, 5
+    assert "aggregate" not in counts and "finetune" not in counts  # no study-A job
+
+
+def test_the_study_b_presets_expand_to_their_grids(tmp_path: Path) -> None:
+    (tmp_path / "cpu").mkdir()
+    counts = _dry_run(make_workdir(tmp_path / "cpu"), "--configfile", "config/presets/b_cpu.yaml")
+    # The indoor world and the two auxiliary worlds, no driving world; one MAE ViT-T, 4 x 4 runs.
+    assert (counts["auxdepth"], counts["pretrain"], counts["shards"], counts["aggregate_auxdepth"]) == (
+        16,
+        1,
+        3,
+        1,
+    )
+    assert "driving_drive" not in counts
+    # Full scale, with stand-in weight files where the cluster has the real ones (the planner checks only
+    # that they exist): NYUv2 and KITTI x every study file; the datasets' downloads are jobs too.
+    (tmp_path / "full").mkdir()
+    workdir = make_workdir(tmp_path / "full")
+    for name in ("vitg14.pth", "da_vitl14.pth"):
+        (workdir / name).write_bytes(b"weights")
+    weights = {
+        "backbone": {"weights": "vitg14.pth"},
+        "backbones": {"depth_anything": {"weights": "da_vitl14.pth"}},
+    }
+    (workdir / "config" / "weights.yaml").write_text(yaml.safe_dump({"auxdepth": weights}))
+    counts = _dry_run(workdir, "--configfile", "config/presets/b_full_scale.yaml", "config/weights.yaml")
+    assert (counts["auxdepth"], counts["aggregate_auxdepth"], counts["plot_auxdepth"]) == (240, 7, 4)
+    # NYUv2, KITTI and the six MIX6 datasets (SUN RGB-D among them), each one shard set.
+    assert counts["shards"] == 8 and "pretrain" not in counts

@@ -29,6 +29,9 @@ rule aggregate:
         ),
     log:
         "logs/aggregate/{study}.log",
+    # Study A's studies only: a study-B table (the same paths) is rule aggregate_auxdepth's (auxdepth.smk).
+    wildcard_constraints:
+        study=STUDY_A_PATTERN,
     localrule: True
     conda:
         "../../envs/geosem.yaml"

@@ -3,6 +3,7 @@
 # which never import snakemake.
 import json
 import os
+import re
 
 from snakemake.utils import validate
 
@@ -38,7 +39,7 @@ BENCHMARKS = "logs/benchmarks"
 
 
 wildcard_constraints:
-    kind="pretrain|finetune",
+    kind="pretrain|finetune|auxdepth",
     run_id="[A-Za-z0-9_.-]+",
     study="[A-Za-z0-9_.-]+",
     dataset="[A-Za-z0-9_]+",
@@ -52,7 +53,7 @@ def raw_path(dataset, relative):
 
 
 def _runs_of(kind):
-    return PLAN.pretrain if kind == "pretrain" else PLAN.finetune
+    return {"pretrain": PLAN.pretrain, "finetune": PLAN.finetune, "auxdepth": PLAN.auxdepth}[kind]
 
 
 def get_snapshot(wildcards):
@@ -245,6 +246,47 @@ def get_study_outputs(study):
     return outputs
 
 
+# Study B (auxdepth.smk; docs/study-b.md): its runs (PLAN.auxdepth) and tables (PLAN.auxdepth_studies) are
+# apart from study A's, and each aggregation rule takes only its own studies' names.
+STUDY_A_PATTERN = "|".join(re.escape(name) for name in PLAN.studies) or "(?!)"
+STUDY_B_PATTERN = "|".join(re.escape(name) for name in PLAN.auxdepth_studies) or "(?!)"
+AUXDEPTH_SWEEPS = ("fig1", "fig3", "fig4", "fig5")  # layouts with a sweep plot beside the table
+
+
+def get_auxdepth_shards(wildcards):
+    run = PLAN.auxdepth[wildcards.run_id]
+    return [run["depth"]["shards"], *(entry["shards"] for entry in run["aux"]["datasets"])]
+
+
+def get_auxdepth_backbone(wildcards):
+    """The backbone's pre-training when the pipeline trains it (a file from elsewhere is no job's)."""
+    weights = PLAN.auxdepth[wildcards.run_id]["backbone"]["weights"]
+    return [weights] if weights.startswith(f"{RUNS}/pretrain/") else []
+
+
+def get_auxdepth_study_runs(wildcards):
+    return [f"{RUNS}/auxdepth/{run_id}" for run_id in PLAN.auxdepth_studies[wildcards.study]["runs"]]
+
+
+def get_auxdepth_study_files(wildcards):
+    return [
+        f"{run}/{name}" for run in get_auxdepth_study_runs(wildcards) for name in ("run.yaml", "metrics.json")
+    ]
+
+
+def get_auxdepth_spec_json(wildcards):
+    """The table's layout, labels, MIX6 and rows, and the rows that cannot run here: a params value."""
+    spec = {k: v for k, v in PLAN.auxdepth_studies[wildcards.study].items() if k != "runs"}
+    return json.dumps({**spec, "unavailable": PLAN.unavailable[wildcards.study]}, sort_keys=True)
+
+
+def get_auxdepth_study_outputs(study):
+    outputs = [f"{RESULTS}/tables/{study}.{ext}" for ext in ("csv", "md")] + [f"{RESULTS}/metrics/{study}"]
+    if PLAN.auxdepth_studies[study]["layout"] in AUXDEPTH_SWEEPS:
+        outputs += [f"{RESULTS}/plots/{study}_sweep.png", f"{RESULTS}/sweeps/{study}.csv"]
+    return outputs
+
+
 def get_final_outputs():
     # Every planned shard set, also those no study reads yet (study B's data), so the default run
     # builds and verifies them.
@@ -253,6 +295,8 @@ def get_final_outputs():
         outputs += [f"{path}.dvc" for path in get_versioned_paths()]
     for study in PLAN.studies:
         outputs += get_study_outputs(study)
+    for study in PLAN.auxdepth_studies:
+        outputs += get_auxdepth_study_outputs(study)
     return outputs
 
 

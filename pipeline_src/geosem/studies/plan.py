@@ -25,6 +25,7 @@ import yaml
 
 from geosem.labelspaces import num_classes
 from geosem.snapshot import DataSection, InitSection, ShardVariant, Snapshot
+from geosem.studies.auxdepth import is_auxdepth_study, plan_auxdepth_study
 from geosem.studies.grid import BASELINE_INITS, gradcam_runs, load_study, resolutions, train_size
 from geosem.studies.inits import (
     Unavailable,
@@ -56,6 +57,9 @@ class Plan:
     unavailable: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     # study -> what its outputs look like: row labels, plots, Grad-CAM settings and runs.
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Study B (geosem.studies.auxdepth): run id -> auxdepth snapshot; study -> its runs and table layout.
+    auxdepth: dict[str, dict[str, Any]] = field(default_factory=dict)
+    auxdepth_studies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per run, for printing (``geosem plan``)."""
@@ -323,7 +327,11 @@ def plan_runs(config: dict[str, Any], study_dir: Path | None = None) -> Plan:
     for extra in planner.data_cfg.get("extra", []):
         planner.shard_set(extra["dataset"], extra["height"], extra["width"])
     for name in config["studies"]:
-        planner.study(name)
+        study = load_study(planner.study_dir, name)
+        if is_auxdepth_study(study):  # study B: its own planner, its own kind of run
+            plan_auxdepth_study(planner, name, study)
+        else:
+            planner.study(name)
     return planner.plan
 
 

@@ -172,7 +172,7 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, spec: LoopSpec) -> torch.o
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _curves_csv(rows: list[dict[str, Any]]) -> str:
+def curves_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     columns: list[str] = []
     for row in rows:
@@ -278,7 +278,7 @@ class _Training:
             atomic_torch_save(
                 {"model": self.model.state_dict(), "run_digest": self.run_digest}, self.run_dir / "model.pt"
             )
-            atomic_write_text(self.run_dir / "curves.csv", _curves_csv(self.curves))
+            atomic_write_text(self.run_dir / "curves.csv", curves_csv(self.curves))
             atomic_write_json(self.run_dir / "metrics.json", metrics)
             remove_checkpoints(self.run_dir)
         self.dist.barrier()
