@@ -384,3 +384,20 @@ def test_writer_optional_fields_need_a_declaration(tmp_path: Path) -> None:
         True,
     ]
     assert np.array_equal(optional.read("s2", ["depth"])["depth"], depth)
+
+
+def test_every_shipped_split_list_is_package_data() -> None:
+    """A non-editable install (pip install ., a wheel) carries only the data files pyproject names: every
+    file of the shipped split folder must match its package-data patterns, or the real-KITTI converter
+    would find no split lists there."""
+    import fnmatch
+    import tomllib
+
+    from geosem.sources.kitti.splits import SPLIT_DIR
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["geosem.sources.kitti"]
+    shipped = sorted(p.relative_to(SPLIT_DIR.parent).as_posix() for p in SPLIT_DIR.iterdir())
+    assert shipped, SPLIT_DIR
+    missing = [name for name in shipped if not any(fnmatch.fnmatch(name, pattern) for pattern in patterns)]
+    assert not missing, f"not package data in pyproject.toml: {missing}"
