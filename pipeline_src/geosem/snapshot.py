@@ -32,6 +32,22 @@ SNAPSHOT_HEADER = (
 )
 
 
+# The loop keys of pre-training and fine-tuning snapshots.
+LOOP_KEYS = ("steps", "batch_size", "lr", "weight_decay", "lr_schedule", "eval_every", "checkpoint_every")
+
+
+# Only a step schedule reads these: other snapshots leave them out, so adding them changed no run.
+STEP_SCHEDULE_KEYS = ("lr_step_at", "lr_step_factor")
+
+
+def loop_section(section: dict[str, Any]) -> dict[str, Any]:
+    """A pre-training or fine-tuning snapshot's ``loop`` section from a config section holding its keys."""
+    loop = {key: section[key] for key in LOOP_KEYS}
+    if section["lr_schedule"] == "step":
+        loop.update({key: section[key] for key in STEP_SCHEDULE_KEYS})
+    return loop
+
+
 class DataSection(TypedDict):
     dataset: str
     variant: str

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geosem.labelspaces import num_classes
-from geosem.snapshot import AUXDEPTH_SECTION_KEYS
+from geosem.snapshot import AUXDEPTH_SECTION_KEYS, loop_section
 from geosem.studies.inits import (
     Unavailable,
     pretrain_loop_section,
@@ -44,7 +44,7 @@ TASK_TAGS = {
 LAYOUTS = ("table3", "table4", "table6", "fig1", "fig3", "fig4", "fig5")
 DEPTH_SELECTORS = ("all", "no_driving", "main")
 # The loop keys every auxdepth snapshot carries: the snapshot module owns the list.
-LOOP_KEYS = AUXDEPTH_SECTION_KEYS["loop"]
+AUXDEPTH_LOOP_KEYS = AUXDEPTH_SECTION_KEYS["loop"]
 DEPTH_KEYS = ("augment", "min_depth", "max_depth", "eval_crop", "eval_max_depth")
 # The schema fills these in; a config that skipped validation (a test) gets them here too.
 DEPTH_DEFAULTS = {"min_depth": 0.001, "driving": False, "labelled": False}
@@ -141,7 +141,6 @@ class AuxDepthPlanner:
 
         Like a study-A pre-training (same id scheme, snapshot and rule), but on the dataset the entry
         names rather than data.dataset: a self-supervised backbone reads images of its train split only."""
-        from geosem.studies.plan import _loop
 
         planner, spec = self.planner, entry["pretrain"]
         init = spec["init"]
@@ -161,7 +160,7 @@ class AuxDepthPlanner:
             "task": task,
             "model": model,
             "data": planner.data_section(shards, height, width, dataset),
-            "loop": _loop(pretrain_loop_section(self.config, init)),
+            "loop": loop_section(pretrain_loop_section(self.config, init)),
             "evaluation": self.pretrain_evaluation(dataset),
             "compute": planner.compute,
         }
@@ -359,7 +358,7 @@ class AuxDepthPlanner:
         aux: dict[str, Any],
         gamma: float,
     ) -> str:
-        loop = {key: self.cfg["loop"][key] for key in LOOP_KEYS} | {"gamma": gamma}
+        loop = {key: self.cfg["loop"][key] for key in AUXDEPTH_LOOP_KEYS} | {"gamma": gamma}
         snapshot = {
             "kind": "auxdepth",
             "run_id": run_id,

@@ -21,7 +21,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from geosem.snapshot import InitSection
+from geosem.snapshot import LOOP_KEYS, STEP_SCHEDULE_KEYS, InitSection
 from geosem.studies.grid import BASELINE_INITS
 
 # Datasets a pre-training may name that GeoSem cannot convert yet, with what is missing: a row naming one
@@ -51,8 +51,6 @@ def pretrain_loop_section(config: dict[str, Any], init: str) -> dict[str, Any]:
     """The pretrain section as init ``init`` trains with it: ``pretrain.tasks.<init>.loop`` over the shared
     loop settings (each task learns at its own rate: a from-scratch network under dense supervision takes
     a rate that stalls a pose network)."""
-    from geosem.studies.plan import LOOP_KEYS, STEP_SCHEDULE_KEYS
-
     own = config["pretrain"]["tasks"][init].get("loop") or {}
     known = [*LOOP_KEYS, *STEP_SCHEDULE_KEYS]
     unknown = sorted(set(own) - set(known))

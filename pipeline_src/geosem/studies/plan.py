@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from geosem.labelspaces import num_classes
-from geosem.snapshot import DataSection, InitSection, ShardVariant, Snapshot
+from geosem.snapshot import DataSection, InitSection, ShardVariant, Snapshot, loop_section
 from geosem.studies.auxdepth import is_auxdepth_study, plan_auxdepth_study
 from geosem.studies.grid import BASELINE_INITS, gradcam_runs, load_study, resolutions, train_size
 from geosem.studies.inits import (
@@ -74,20 +74,6 @@ class Plan:
                 {"kind": "finetune", "run_id": run_id, "init": init, "seed": snap["seed"], "studies": studies}
             )
         return rows
-
-
-LOOP_KEYS = ("steps", "batch_size", "lr", "weight_decay", "lr_schedule", "eval_every", "checkpoint_every")
-
-
-# Only a step schedule reads these: other snapshots leave them out, so adding them changed no run.
-STEP_SCHEDULE_KEYS = ("lr_step_at", "lr_step_factor")
-
-
-def _loop(section: dict[str, Any]) -> dict[str, Any]:
-    loop = {key: section[key] for key in LOOP_KEYS}
-    if section["lr_schedule"] == "step":
-        loop.update({key: section[key] for key in STEP_SCHEDULE_KEYS})
-    return loop
 
 
 class _Planner:
@@ -184,7 +170,7 @@ class _Planner:
             "task": task,
             "model": model,
             "data": data,
-            "loop": _loop(pretrain_loop_section(self.config, init)),
+            "loop": loop_section(pretrain_loop_section(self.config, init)),
             # Only pre-trainings score depth: the crop stays out of fine-tuning snapshots.
             "evaluation": {**self.evaluation, "depth_crop": self.config["evaluation"]["depth_crop"]},
             "compute": self.compute,
@@ -308,7 +294,7 @@ class _Planner:
                             "init": inits[seed],
                             "model": model,
                             "data": {**data, "train_size": size, "split_rule": settings["split_rule"]},
-                            "loop": {**_loop(finetune), "lr": lr, "zero_grad": settings["zero_grad"]},
+                            "loop": {**loop_section(finetune), "lr": lr, "zero_grad": settings["zero_grad"]},
                             "evaluation": self.evaluation,
                             "compute": self.compute,
                         }
