@@ -365,3 +365,17 @@ def test_depth_is_at_least_min_depth_and_clamped_to_max_depth_in_eval_mode_only(
     with torch.no_grad():
         head.head[-1].bias.fill_(-100.0)
     assert torch.all(head(features, (16, 16)) == 0.5)
+
+
+def test_a_new_depth_head_starts_open_at_every_pixel_whatever_the_seed() -> None:
+    """DINOv2's ReLU(x) + min_depth passes no gradient where x < 0; with the default initialisation the
+    last conv can start negative everywhere and the run never learns (one seed of four in the CPU
+    preset did). The head starts at a scene depth instead: every pixel open, a gradient from step 1."""
+    features = torch.rand(2, 32, 6, 8)  # non-negative, as after the decoder's final ReLU
+    for seed in range(20):
+        torch.manual_seed(seed)
+        head = DepthHead(32, 0.001, 10.0)
+        pre_relu = head.head(features)
+        assert (pre_relu > 0).float().mean() > 0.99, f"seed {seed}: {(pre_relu > 0).float().mean():.2f} open"
+        head(features, (24, 32)).log().mean().backward()
+        assert head.head[0].weight.grad.abs().sum() > 0, f"seed {seed}: no gradient"
