@@ -481,10 +481,13 @@ def test_sigint_checkpoints_mid_run_and_the_rerun_finishes_as_an_uninterrupted_r
         steps.depth_loss = loss
         return train_alternating(job.trainer(run_dir, steps), job.describe, job.model_extra())
 
+    # The handler the run must put back: Python's default in a terminal, SIG_IGN where the suite runs in
+    # a background job (a non-interactive shell starts those with SIGINT ignored).
+    before = signal.getsignal(signal.SIGINT)
     seed_everything(snapshot["seed"])  # as the job does: the interrupted run starts from the same weights
     assert interrupted() is None  # the step finished, then the run saved and stopped
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
     # The command line: one more step, then the resumable exit status; then the rest.
     assert main(["auxdepth", "--run", str(run_dir / "run.yaml"), "--max-steps", "1"]) == EXIT_RESUMABLE
     assert main(["auxdepth", "--run", str(run_dir / "run.yaml")]) == 0
