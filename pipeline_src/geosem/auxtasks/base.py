@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from geosem.labelspaces import IGNORE_INDEX
-from geosem.tasks.base import Param, resolve_declared
+from geosem.tasks.base import Param, declared_schema, resolve_declared
 
 # The shard field holding train ids (geosem.shards.writer: uint8 HxW, 255 = ignore); ShardDataset hands
 # it over as int64 (H, W).
@@ -42,12 +42,7 @@ class AuxTask(ABC):
     @classmethod
     def parameter_schema(cls) -> dict[str, Any]:
         """The JSON schema (draft 2020-12) of the task's settings."""
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "description": (cls.__doc__ or cls.name).strip().splitlines()[0],
-            "properties": {key: value.json_schema() for key, value in cls.parameters.items()},
-        }
+        return declared_schema(cls.parameters, cls.__doc__ or cls.name)
 
     @classmethod
     def resolve_parameters(cls, values: dict[str, Any], where: str) -> dict[str, Any]:

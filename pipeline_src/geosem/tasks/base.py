@@ -31,6 +31,19 @@ def param(default: Any, description: str, **schema: Any) -> Param:
     return Param(default, description, schema)
 
 
+def declared_schema(
+    parameters: dict[str, Param], doc: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The JSON schema (draft 2020-12) of a settings object holding ``parameters`` (plus ``extra``
+    properties), described by the first line of ``doc``; no other key is allowed."""
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "description": doc.strip().splitlines()[0],
+        "properties": {**(extra or {}), **{key: value.json_schema() for key, value in parameters.items()}},
+    }
+
+
 def resolve_declared(
     parameters: dict[str, Param], schema: dict[str, Any], values: dict[str, Any], where: str, owner: str
 ) -> dict[str, Any]:
@@ -89,15 +102,8 @@ class Task(ABC):
     @classmethod
     def parameter_schema(cls) -> dict[str, Any]:
         """The JSON schema (draft 2020-12) of one config entry of this task."""
-        return {
-            "type": "object",
-            "additionalProperties": False,
-            "description": (cls.__doc__ or cls.name).strip().splitlines()[0],
-            "properties": {
-                "task": {"type": "string", "description": "The task module; empty: the entry's name."},
-                **{key: value.json_schema() for key, value in cls.parameters.items()},
-            },
-        }
+        task_key = {"type": "string", "description": "The task module; empty: the entry's name."}
+        return declared_schema(cls.parameters, cls.__doc__ or cls.name, {"task": task_key})
 
     @classmethod
     def resolve_parameters(cls, values: dict[str, Any], where: str) -> dict[str, Any]:
