@@ -79,18 +79,13 @@ def _fmt(value: float) -> str:
 
 def hub_weights(name: str, where: str) -> str:
     """timm's weights of ``name`` in the local Hugging Face cache (never a download), else Unavailable
-    naming what to fetch."""
-    import timm
-    from huggingface_hub import try_to_load_from_cache
+    naming what to fetch: the backbone's own lookup (``geosem.models.dinov2``), which the job uses too."""
+    from geosem.models.dinov2 import resolve_backbone_weights  # torch: only when a row needs hub weights
 
-    cfg = timm.models.get_pretrained_cfg(name)
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    for filename in ("model.safetensors", "pytorch_model.bin") if hub_id else ():
-        found = try_to_load_from_cache(hub_id, filename)
-        if isinstance(found, str):
-            return found
-    fetch = f"`hf download {hub_id}` into the Hugging Face cache, or " if hub_id else ""
-    raise Unavailable(f"{where}.weights: no weights of {name} on this machine; {fetch}set it to a local file")
+    try:
+        return str(resolve_backbone_weights(name, None, "timm"))
+    except FileNotFoundError as error:
+        raise Unavailable(f"{where}.weights: {error}") from None
 
 
 class AuxDepthPlanner:
